@@ -1,0 +1,116 @@
+//! Command-line interface (clap derive). Nothing below this module sees clap:
+//! [`Cli`] is turned into plain option structs in `main`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  rollscript run scripts/rolling.rhai                  zero-downtime rolling deploy of ./rollscript.toml
+  rollscript run scripts/rolling.rhai --var batch=25%  a quarter of the fleet at a time
+  rollscript plan scripts/canary.rhai -i prod.toml     dry run: every step, nothing touched
+  rollscript check scripts/*.rhai                      compile and lint, for CI
+  rollscript api                                       every function a script can call
+
+Exit codes: 0 success · 1 deployment failed or aborted · 2 usage, inventory or
+script error (nothing touched) · 3 another run holds the deploy lock · 130 interrupted";
+
+#[derive(Debug, Parser)]
+#[command(name = "rollscript", version, about = "Deployment workflows in Rhai: rolling, canary, blue-green and two-phase migrations behind HAProxy, nginx and AWS ALBs.", after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Inventory file describing the app, the load balancer and the fleet.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "ROLLSCRIPT_INVENTORY",
+        default_value = "rollscript.toml"
+    )]
+    pub inventory: PathBuf,
+    /// A value for the script, read with `var("KEY", default)`. Repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", global = true, value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// More detail (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a deployment script against the inventory.
+    #[command(
+        after_help = "Examples:\n  rollscript run scripts/rolling.rhai\n  rollscript run scripts/canary.rhai --var stages=5%,25%,100% --var bake=10m --yes"
+    )]
+    Run {
+        /// The .rhai script to run.
+        script: PathBuf,
+        /// Record every step instead of acting (same as `plan`).
+        #[arg(long)]
+        dry_run: bool,
+        /// Answer yes to every `confirm` in the script.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// Dry run: print every step the script would take and an estimated duration. Touches nothing.
+    #[command(
+        after_help = "Example:\n  rollscript plan scripts/rolling.rhai -i examples/haproxy.toml --var batch=2"
+    )]
+    Plan { script: PathBuf },
+    /// Compile and lint scripts and everything they import; exit 2 on any error.
+    #[command(after_help = "Example:\n  rollscript check scripts/*.rhai")]
+    Check {
+        #[arg(required = true)]
+        scripts: Vec<PathBuf>,
+    },
+    /// Reference of every function a script can call, generated from the engine.
+    #[command(
+        after_help = "Examples:\n  rollscript api\n  rollscript api --markdown > docs/api.md"
+    )]
+    Api {
+        /// Machine-readable.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// The checked-in docs/api.md.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  rollscript completions bash > /etc/bash_completion.d/rollscript"
+    )]
+    Completions { shell: clap_complete::Shell },
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let k = k.trim();
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "invalid variable name {k:?}: use letters, digits and '_'"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}

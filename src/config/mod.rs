@@ -1,0 +1,236 @@
+//! `rollscript.toml` → a validated [`Inventory`].
+//!
+//! Parsing happens once, here. Below this module every value is typed
+//! (`Duration`, [`CountOrPercent`], checked names and hosts), and every error
+//! names the file, the line and the key: `rollscript.toml:14: lb.drain_timeout: …`.
+
+mod locate;
+mod raw;
+mod validate;
+mod value;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use value::{format_duration, parse_duration, CountOrPercent};
+
+/// The deployment target, as the operator described it.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub path: PathBuf,
+    /// sha256 of the file's bytes, recorded in the journal.
+    pub hash: String,
+    pub app: App,
+    pub ssh: SshSettings,
+    pub health: HealthSettings,
+    pub lb: LbSettings,
+    pub database: Option<Database>,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub deploy: Option<String>,
+    pub rollback: Option<String>,
+    pub migrate: Option<String>,
+    pub migrate_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Refuse any host whose key is not already in known_hosts.
+    Strict,
+    /// Trust a host seen for the first time, refuse a changed key.
+    AcceptNew,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub host_key_checking: HostKeyPolicy,
+    pub config: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Hosts reached at once by `parallel` and the strategies.
+    pub max_parallel: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub scheme: String,
+    pub port: u16,
+    pub path: String,
+    pub expect_status: u16,
+    pub expect_body: Option<String>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub retries: u32,
+    pub healthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LbSettings {
+    pub drain_timeout: Duration,
+    pub register_timeout: Duration,
+    /// `None` = the backend's own default (sub-second for HAProxy and nginx, 5 s for ELBv2).
+    pub poll_interval: Option<Duration>,
+    pub min_in_service: CountOrPercent,
+    pub backend: LbBackend,
+    /// Blue/green pools: pool name → the backend, upstream or target group serving it.
+    pub pools: BTreeMap<String, PoolTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTarget {
+    pub backend: Option<String>,
+    pub upstream: Option<String>,
+    pub target_group_arn: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum LbBackend {
+    None,
+    Haproxy {
+        /// A unix socket path or `host:port`.
+        socket: String,
+        backend: String,
+    },
+    Nginx {
+        upstream_file: PathBuf,
+        upstream: String,
+        test_command: String,
+        reload_command: String,
+        /// Instance name of the LB host, when nginx is not on this machine.
+        run_on: Option<String>,
+    },
+    Aws {
+        target_group_arn: String,
+        region: Option<String>,
+        endpoint: Option<String>,
+        listener_arn: Option<String>,
+        port: Option<u16>,
+        discover: bool,
+    },
+}
+
+impl LbBackend {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Haproxy { .. } => "haproxy",
+            Self::Nginx { .. } => "nginx",
+            Self::Aws { .. } => "aws",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub url: String,
+    pub lock_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub host: String,
+    /// The port the load balancer sends traffic to (defaults to `health.port`).
+    pub port: Option<u16>,
+    pub ssh_port: Option<u16>,
+    pub health_port: Option<u16>,
+    /// EC2 instance id, for ELBv2 target groups.
+    pub id: Option<String>,
+    pub pool: Option<String>,
+    pub weight: Option<u32>,
+}
+
+/// A problem in the inventory, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `lb.drain_timeout` or `instances[2].name`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Inventory {
+    /// Reads and validates an inventory file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read inventory: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates inventory text; `path` is used for messages and for resolving
+    /// relative paths (identity, known_hosts, upstream_file).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        validate::parse(path, text)
+    }
+
+    /// A one-instance inventory for compiling and introspecting scripts
+    /// (`check`, `api`) when no real inventory is at hand.
+    pub fn placeholder() -> Self {
+        let text = "[app]\nname = \"check\"\ndeploy = \"true\"\n[[instances]]\nname = \"placeholder\"\nhost = \"127.0.0.1\"\n";
+        Self::parse(Path::new("<placeholder>"), text).expect("placeholder inventory is valid")
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// The port the LB forwards to for this instance.
+    pub fn traffic_port(&self, inst: &Instance) -> u16 {
+        inst.port.unwrap_or(self.health.port)
+    }
+
+    /// The URL `health(inst)` polls.
+    pub fn health_url(&self, inst: &Instance) -> String {
+        let port = inst.health_port.or(inst.port).unwrap_or(self.health.port);
+        format!(
+            "{}://{}:{}{}",
+            self.health.scheme,
+            host_for_url(&inst.host),
+            port,
+            self.health.path
+        )
+    }
+}
+
+/// Brackets IPv6 literals so they can sit in a URL or `host:port`.
+pub fn host_for_url(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const BASE: &str = r#"[app]
+name = "credit_radar"
+deploy = "./deploy.sh"
+
+[health]
+port = 4000
+
+[lb]
+kind = "haproxy"
+socket = "/run/haproxy/admin.sock"
+backend = "credit_radar"
+drain_timeout = "120s"
+
+[[instances]]
+name = "web-1"
+host = "10.0.1.10"
+"#;
+
+fn parse(text: &str) -> Result<Inventory, ConfigError> {
+    Inventory::parse(Path::new("rollscript.toml"), text)
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn parses_the_design_example() {
+    let inv = parse(BASE).unwrap();
+    assert_eq!(inv.app.name, "credit_radar");
+    assert_eq!(inv.lb.drain_timeout, Duration::from_secs(120));
+    assert_eq!(inv.lb.backend.kind(), "haproxy");
+    assert_eq!(inv.instances[0].name, "web-1");
+    assert_eq!(
+        inv.health_url(&inv.instances[0]),
+        "http://10.0.1.10:4000/health"
+    );
+    assert_eq!(inv.ssh.host_key_checking, HostKeyPolicy::Strict);
+}
+
+#[test]
+fn bad_duration_names_file_line_and_key() {
+    let text = BASE.replace(
+        "drain_timeout = \"120s\"",
+        "drain_timeout = \"2 minutes please\"",
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with(
+            "rollscript.toml:12: lb.drain_timeout: invalid duration \"2 minutes please\""
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn misspelt_key_is_named_with_a_suggestion() {
+    let text = BASE.replace("drain_timeout", "drain_timout");
+    assert_eq!(
+        err(&text),
+        "rollscript.toml:12: lb.drain_timout: unknown key `drain_timout` (did you mean `drain_timeout`?)"
+    );
+}
+
+#[test]
+fn unknown_table_is_an_error() {
+    let text = format!("{BASE}\n[healthcheck]\nport = 1\n");
+    let e = err(&text);
+    assert!(e.contains("unknown key `healthcheck`"), "{e}");
+    assert!(
+        e.starts_with("rollscript.toml:18: healthcheck: unknown key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let text = BASE.replace("port = 4000", "port = \"4000\"");
+    let e = err(&text);
+    assert!(e.starts_with("rollscript.toml:6: health.port:"), "{e}");
+}
+
+#[test]
+fn duplicate_and_hostile_instance_names_are_refused() {
+    let dup = format!("{BASE}\n[[instances]]\nname = \"web-1\"\nhost = \"10.0.1.11\"\n");
+    assert_eq!(
+        err(&dup),
+        "rollscript.toml:19: instances[1].name: duplicate instance name \"web-1\""
+    );
+    let hostile = BASE.replace("name = \"web-1\"", "name = \"web-1;shutdown\"");
+    assert!(err(&hostile).contains("instances[0].name: invalid name \"web-1;shutdown\""));
+    let host = BASE.replace("host = \"10.0.1.10\"", "host = \"$(reboot)\"");
+    assert!(err(&host).contains("instances[0].host: invalid host"));
+}
+
+#[test]
+fn empty_fleet_is_refused() {
+    let text = BASE.split("[[instances]]").next().unwrap();
+    assert!(err(text).contains("the fleet is empty"));
+}
+
+#[test]
+fn percentages_and_counts_for_min_in_service() {
+    let pct = BASE.replace("drain_timeout = \"120s\"", "min_in_service = \"50%\"");
+    assert_eq!(
+        parse(&pct).unwrap().lb.min_in_service,
+        CountOrPercent::Percent(50.0)
+    );
+    let bad = BASE.replace("drain_timeout = \"120s\"", "min_in_service = \"half\"");
+    assert!(err(&bad).contains("lb.min_in_service: invalid count \"half\""));
+}
+
+#[test]
+fn keys_of_another_lb_kind_are_refused() {
+    let text = BASE.replace(
+        "backend = \"credit_radar\"",
+        "backend = \"credit_radar\"\ntarget_group_arn = \"arn:x\"",
+    );
+    assert!(err(&text).contains("lb.target_group_arn: not used when kind = \"haproxy\""));
+}
+
+#[test]
+fn missing_app_name_and_required_lb_keys() {
+    assert!(err(&BASE.replace("name = \"credit_radar\"\n", "")).contains("app: missing key `name`"));
+    assert!(err(&BASE.replace("backend = \"credit_radar\"\n", ""))
+        .contains("lb: missing key `backend` (required when kind = \"haproxy\")"));
+}
+
+#[test]
+fn syntax_error_in_toml_is_located() {
+    let e = err("[app\nname = 1\n");
+    assert!(e.starts_with("rollscript.toml:1"), "{e}");
+}

@@ -1,0 +1,545 @@
+//! Raw TOML → typed [`Inventory`], with every error located by key and line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::locate::{dotted, line_at, line_of, Seg};
+use super::raw::{IntOrString, RawInventory};
+use super::*;
+
+/// Collects the context every error needs: file, text, and the key being checked.
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn err(&self, path: &[Seg], message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: line_of(self.text, path),
+            key: Some(dotted(path)).filter(|k| !k.is_empty()),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        path: &[Seg],
+        v: Option<&String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|m| self.err(path, m)),
+        }
+    }
+
+    fn port(&self, path: &[Seg], v: Option<i64>) -> Result<Option<u16>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(p) if (1..=65535).contains(&p) => Ok(Some(p as u16)),
+            Some(p) => Err(self.err(path, format!("invalid port {p}: must be 1-65535"))),
+        }
+    }
+
+    fn positive(&self, path: &[Seg], v: Option<i64>, default: u32) -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if n >= 1 && n <= u32::MAX as i64 => Ok(n as u32),
+            Some(n) => Err(self.err(path, format!("must be at least 1, got {n}"))),
+        }
+    }
+
+    /// Relative paths are relative to the inventory file; `~/` is the home directory.
+    fn path(&self, v: &str) -> PathBuf {
+        expand_path(v, self.file.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+fn k(parts: &[&str]) -> Vec<Seg> {
+    parts.iter().map(|p| Seg::Key(p.to_string())).collect()
+}
+
+pub fn expand_path(v: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = v.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    let p = PathBuf::from(v);
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+/// Instance and server names reach the HAProxy runtime API (where `;`
+/// separates commands), nginx config and shell commands: keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Host names and IPv4/IPv6 literals only: nothing a shell or config file
+/// could interpret.
+pub fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('-')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+}
+
+pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
+    let c = Checker { file, text };
+    let raw = deserialize(&c)?;
+
+    let app_raw = raw.app.unwrap_or_default();
+    let app = App {
+        name: match app_raw.name {
+            Some(n) if valid_name(&n) => n,
+            Some(n) => {
+                return Err(c.err(
+                    &k(&["app", "name"]),
+                    format!("invalid name {n:?}: use letters, digits, '-', '_' or '.'"),
+                ))
+            }
+            None => {
+                return Err(c.err(
+                    &k(&["app"]),
+                    "missing key `name` (e.g. name = \"credit_radar\")",
+                ))
+            }
+        },
+        deploy: app_raw.deploy,
+        rollback: app_raw.rollback,
+        migrate: app_raw.migrate,
+        migrate_timeout: c.duration(
+            &k(&["app", "migrate_timeout"]),
+            app_raw.migrate_timeout.as_ref(),
+            Duration::from_secs(600),
+        )?,
+    };
+
+    let s = raw.ssh.unwrap_or_default();
+    let ssh = SshSettings {
+        user: s.user,
+        port: c.port(&k(&["ssh", "port"]), s.port)?,
+        identity: s.identity.as_deref().map(|p| c.path(p)),
+        known_hosts: s.known_hosts.as_deref().map(|p| c.path(p)),
+        host_key_checking: match s.host_key_checking.as_deref() {
+            None | Some("strict") | Some("yes") => HostKeyPolicy::Strict,
+            Some("accept-new") => HostKeyPolicy::AcceptNew,
+            Some(other) => {
+                return Err(c.err(
+                    &k(&["ssh", "host_key_checking"]),
+                    format!("invalid value {other:?}: expected \"strict\" or \"accept-new\""),
+                ))
+            }
+        },
+        config: s.config.as_deref().map(|p| c.path(p)),
+        connect_timeout: c.duration(
+            &k(&["ssh", "connect_timeout"]),
+            s.connect_timeout.as_ref(),
+            Duration::from_secs(10),
+        )?,
+        command_timeout: c.duration(
+            &k(&["ssh", "command_timeout"]),
+            s.command_timeout.as_ref(),
+            Duration::from_secs(600),
+        )?,
+        max_parallel: c.positive(&k(&["ssh", "max_parallel"]), s.max_parallel, 10)? as usize,
+    };
+
+    let h = raw.health.unwrap_or_default();
+    let health = HealthSettings {
+        scheme: match h.scheme.as_deref() {
+            None | Some("http") => "http".into(),
+            Some("https") => "https".into(),
+            Some(other) => {
+                return Err(c.err(
+                    &k(&["health", "scheme"]),
+                    format!("invalid scheme {other:?}: expected \"http\" or \"https\""),
+                ))
+            }
+        },
+        port: c.port(&k(&["health", "port"]), h.port)?.unwrap_or(80),
+        path: match h.path {
+            None => "/health".into(),
+            Some(p) if p.starts_with('/') && !p.chars().any(char::is_whitespace) => p,
+            Some(p) => {
+                return Err(c.err(
+                    &k(&["health", "path"]),
+                    format!("invalid path {p:?}: must start with '/' and contain no spaces"),
+                ))
+            }
+        },
+        expect_status: match h.expect_status {
+            None => 200,
+            Some(s) if (100..=599).contains(&s) => s as u16,
+            Some(s) => {
+                return Err(c.err(
+                    &k(&["health", "expect_status"]),
+                    format!("invalid HTTP status {s}: must be 100-599"),
+                ))
+            }
+        },
+        expect_body: h.expect_body,
+        timeout: c.duration(
+            &k(&["health", "timeout"]),
+            h.timeout.as_ref(),
+            Duration::from_secs(2),
+        )?,
+        interval: c.duration(
+            &k(&["health", "interval"]),
+            h.interval.as_ref(),
+            Duration::from_secs(1),
+        )?,
+        retries: c.positive(&k(&["health", "retries"]), h.retries, 30)?,
+        healthy_threshold: c.positive(
+            &k(&["health", "healthy_threshold"]),
+            h.healthy_threshold,
+            2,
+        )?,
+    };
+
+    let instances = instances(&c, raw.instances)?;
+    let lb = lb(&c, raw.lb.unwrap_or_default(), &instances)?;
+
+    let database = match raw.database {
+        None => None,
+        Some(d) => Some(Database {
+            url: d.url.ok_or_else(|| {
+                c.err(
+                    &k(&["database"]),
+                    "missing key `url` (e.g. url = \"postgres://deploy@db/app\")",
+                )
+            })?,
+            lock_id: d.lock_id.unwrap_or(0x726f6c6c),
+        }),
+    };
+
+    Ok(Inventory {
+        path: file.to_path_buf(),
+        hash: hex::encode(Sha256::digest(text.as_bytes())),
+        app,
+        ssh,
+        health,
+        lb,
+        database,
+        instances,
+    })
+}
+
+fn deserialize(c: &Checker) -> Result<RawInventory, ConfigError> {
+    let de = toml::Deserializer::new(c.text);
+    serde_path_to_error::deserialize::<_, RawInventory>(de).map_err(|e| {
+        let mut path: Vec<Seg> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        let inner = e.into_inner();
+        let mut message = inner.message().to_string();
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            let name = rest.split('`').next().unwrap_or_default().to_string();
+            if path.last() != Some(&Seg::Key(name.clone())) {
+                path.push(Seg::Key(name.clone()));
+            }
+            message = format!("unknown key `{name}`{}", did_you_mean(&name, rest));
+        }
+        let line = inner
+            .span()
+            .map(|s| line_at(c.text, s.start))
+            .or_else(|| line_of(c.text, &path));
+        ConfigError {
+            file: c.file.to_path_buf(),
+            line,
+            key: Some(dotted(&path)).filter(|k| !k.is_empty()),
+            message,
+        }
+    })
+}
+
+/// serde lists the expected keys after "expected one of"; suggest the closest.
+fn did_you_mean(name: &str, rest: &str) -> String {
+    let expected: Vec<&str> = rest
+        .split("expected ")
+        .nth(1)
+        .unwrap_or_default()
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let best = expected
+        .iter()
+        .map(|e| (strsim_distance(name, e), *e))
+        .min();
+    match best {
+        Some((d, e)) if d <= 3 => format!(" (did you mean `{e}`?)"),
+        _ if !expected.is_empty() => format!(" (expected one of: {})", expected.join(", ")),
+        _ => String::new(),
+    }
+}
+
+/// Levenshtein distance; inventories are small, so the quadratic cost is nothing.
+fn strsim_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn instances(c: &Checker, raw: Vec<super::raw::RawInstance>) -> Result<Vec<Instance>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names = HashSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = |key: &str| {
+            vec![
+                Seg::Key("instances".into()),
+                Seg::Index(i),
+                Seg::Key(key.into()),
+            ]
+        };
+        let host = match r.host {
+            Some(h) if valid_host(&h) => h,
+            Some(h) => {
+                return Err(c.err(
+                    &at("host"),
+                    format!("invalid host {h:?}: expected a host name or an IP address"),
+                ))
+            }
+            None => {
+                return Err(c.err(
+                    &[Seg::Key("instances".into()), Seg::Index(i)],
+                    "missing key `host`",
+                ))
+            }
+        };
+        let name = r.name.clone().unwrap_or_else(|| host.clone());
+        if !valid_name(&name) {
+            return Err(c.err(
+                &at("name"),
+                format!("invalid name {name:?}: use letters, digits, '-', '_' or '.' (at most 64)"),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(c.err(&at("name"), format!("duplicate instance name {name:?}")));
+        }
+        if let Some(id) = &r.id {
+            if !valid_name(id) {
+                return Err(c.err(&at("id"), format!("invalid instance id {id:?}")));
+            }
+        }
+        if let Some(pool) = &r.pool {
+            if !valid_name(pool) {
+                return Err(c.err(&at("pool"), format!("invalid pool name {pool:?}")));
+            }
+        }
+        let weight = match r.weight {
+            None => None,
+            Some(w) if (0..=256).contains(&w) => Some(w as u32),
+            Some(w) => {
+                return Err(c.err(&at("weight"), format!("invalid weight {w}: must be 0-256")))
+            }
+        };
+        out.push(Instance {
+            name,
+            host,
+            port: c.port(&at("port"), r.port)?,
+            ssh_port: c.port(&at("ssh_port"), r.ssh_port)?,
+            health_port: c.port(&at("health_port"), r.health_port)?,
+            id: r.id,
+            pool: r.pool,
+            weight,
+        });
+    }
+    Ok(out)
+}
+
+fn lb(
+    c: &Checker,
+    l: super::raw::RawLb,
+    instances: &[Instance],
+) -> Result<LbSettings, ConfigError> {
+    let kind = l.kind.clone().unwrap_or_else(|| "none".into());
+    let need = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
+        v.clone().ok_or_else(|| {
+            c.err(
+                &k(&["lb"]),
+                format!("missing key `{key}` (required when kind = \"{kind}\")"),
+            )
+        })
+    };
+    // Keys that belong to another kind are almost always a copy-paste slip.
+    let foreign: &[(&str, bool)] = &[
+        ("socket", l.socket.is_some() && kind != "haproxy"),
+        (
+            "upstream_file",
+            l.upstream_file.is_some() && kind != "nginx",
+        ),
+        (
+            "target_group_arn",
+            l.target_group_arn.is_some() && kind != "aws",
+        ),
+        ("listener_arn", l.listener_arn.is_some() && kind != "aws"),
+    ];
+    if let Some((key, _)) = foreign.iter().find(|(_, bad)| *bad) {
+        return Err(c.err(&k(&["lb", key]), format!("not used when kind = \"{kind}\"")));
+    }
+    let backend = match kind.as_str() {
+        "none" => LbBackend::None,
+        "haproxy" => {
+            let backend = need("backend", &l.backend)?;
+            if !valid_name(&backend) {
+                return Err(c.err(&k(&["lb", "backend"]), format!("invalid backend name {backend:?}")));
+            }
+            LbBackend::Haproxy {
+                socket: need("socket", &l.socket)?,
+                backend,
+            }
+        }
+        "nginx" => {
+            let file = need("upstream_file", &l.upstream_file)?;
+            let upstream = l.upstream.clone().unwrap_or_else(|| "backend".into());
+            if !valid_name(&upstream) {
+                return Err(c.err(&k(&["lb", "upstream"]), format!("invalid upstream name {upstream:?}")));
+            }
+            if let Some(host) = &l.run_on {
+                if !instances.iter().any(|i| &i.name == host) {
+                    return Err(c.err(
+                        &k(&["lb", "run_on"]),
+                        format!("no instance named {host:?}"),
+                    ));
+                }
+            }
+            LbBackend::Nginx {
+                upstream_file: c.path(&file),
+                upstream,
+                test_command: l.test_command.clone().unwrap_or_else(|| "nginx -t".into()),
+                reload_command: l.reload_command.clone().unwrap_or_else(|| "nginx -s reload".into()),
+                run_on: l.run_on.clone(),
+            }
+        }
+        "aws" if !cfg!(feature = "aws") => {
+            return Err(c.err(
+                &k(&["lb", "kind"]),
+                "this rollscript was built without the `aws` feature; rebuild with default features",
+            ))
+        }
+        "aws" => {
+            let arn = need("target_group_arn", &l.target_group_arn)?;
+            if !arn.starts_with("arn:") {
+                return Err(c.err(
+                    &k(&["lb", "target_group_arn"]),
+                    format!("invalid ARN {arn:?}: expected arn:aws:elasticloadbalancing:…"),
+                ));
+            }
+            LbBackend::Aws {
+                target_group_arn: arn,
+                region: l.region.clone(),
+                endpoint: l.endpoint.clone(),
+                listener_arn: l.listener_arn.clone(),
+                port: c.port(&k(&["lb", "port"]), l.port)?,
+                discover: l.discover.unwrap_or(false),
+            }
+        }
+        other => {
+            return Err(c.err(
+                &k(&["lb", "kind"]),
+                format!("unknown load balancer {other:?}: expected \"aws\", \"haproxy\", \"nginx\" or \"none\""),
+            ))
+        }
+    };
+
+    let discovers = matches!(backend, LbBackend::Aws { discover: true, .. });
+    if instances.is_empty() && !discovers {
+        return Err(c.err(
+            &k(&["instances"]),
+            "the fleet is empty: add at least one [[instances]] with a host (or set lb.discover = true for an AWS target group)",
+        ));
+    }
+
+    let min_in_service = match &l.min_in_service {
+        None => CountOrPercent::Count(1),
+        Some(IntOrString::Int(n)) if *n >= 0 => CountOrPercent::Count(*n as u64),
+        Some(IntOrString::Int(n)) => {
+            return Err(c.err(
+                &k(&["lb", "min_in_service"]),
+                format!("invalid count {n}: must be 0 or more"),
+            ))
+        }
+        Some(IntOrString::Str(s)) => {
+            CountOrPercent::parse(s).map_err(|m| c.err(&k(&["lb", "min_in_service"]), m))?
+        }
+    };
+
+    let mut pools = BTreeMap::new();
+    for (name, p) in l.pools.unwrap_or_default() {
+        if !valid_name(&name) {
+            return Err(c.err(&k(&["lb", "pools"]), format!("invalid pool name {name:?}")));
+        }
+        if !instances
+            .iter()
+            .any(|i| i.pool.as_deref() == Some(name.as_str()))
+        {
+            return Err(c.err(
+                &k(&["lb", "pools", &name]),
+                format!("no instance has pool = {name:?}"),
+            ));
+        }
+        for v in [&p.backend, &p.upstream].into_iter().flatten() {
+            if !valid_name(v) {
+                return Err(c.err(&k(&["lb", "pools", &name]), format!("invalid name {v:?}")));
+            }
+        }
+        pools.insert(
+            name,
+            PoolTarget {
+                backend: p.backend,
+                upstream: p.upstream,
+                target_group_arn: p.target_group_arn,
+            },
+        );
+    }
+
+    Ok(LbSettings {
+        drain_timeout: c.duration(
+            &k(&["lb", "drain_timeout"]),
+            l.drain_timeout.as_ref(),
+            Duration::from_secs(120),
+        )?,
+        register_timeout: c.duration(
+            &k(&["lb", "register_timeout"]),
+            l.register_timeout.as_ref(),
+            Duration::from_secs(120),
+        )?,
+        poll_interval: match &l.poll_interval {
+            None => None,
+            Some(s) => Some(parse_duration(s).map_err(|m| c.err(&k(&["lb", "poll_interval"]), m))?),
+        },
+        min_in_service,
+        backend,
+        pools,
+    })
+}

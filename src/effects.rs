@@ -1,0 +1,449 @@
+//! The one layer every side effect crosses.
+//!
+//! Live, it calls the providers, honours cancellation inside every wait and
+//! keeps the books on which instances this run took out of service. In a dry
+//! run it records a plan step instead of acting, so the plan *is* the record
+//! of what the script would do. The journal and the capacity guard hook in here.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{format_duration, Instance, Inventory};
+use crate::plan::{Estimate, Recorder};
+use crate::primitives::{
+    ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthCheck,
+    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, MemberStats, Transport,
+};
+
+/// Remote commands in a plan estimate: what they usually take (nothing in the
+/// inventory says, so the plan states this assumption).
+pub const TYPICAL_COMMAND: Duration = Duration::from_secs(10);
+/// Registration to in-service, typically: one or two LB health-check intervals.
+pub const TYPICAL_REGISTER: Duration = Duration::from_secs(2);
+
+/// The providers one run talks to.
+#[derive(Clone)]
+pub struct Providers {
+    pub lb: Arc<dyn LoadBalancer>,
+    pub ssh: Arc<dyn Transport>,
+    pub local: Arc<dyn Transport>,
+    pub health: Arc<dyn HealthCheck>,
+}
+
+/// Options of one command call (`ssh(inst, cmd, #{...})`).
+#[derive(Debug, Clone, Copy)]
+pub struct ExecOptions {
+    pub timeout: Option<Duration>,
+    /// A non-zero exit is an error (`command_failed`) unless this is false.
+    pub check: bool,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            check: true,
+        }
+    }
+}
+
+pub struct Effects {
+    pub inventory: Arc<Inventory>,
+    providers: Providers,
+    /// Some in a dry run: record, don't act.
+    recorder: Option<Arc<Recorder>>,
+    cancel: CancellationToken,
+    /// Instances this run took out of rotation and has not put back.
+    out_of_service: Mutex<BTreeSet<String>>,
+}
+
+impl Effects {
+    pub fn new(
+        inventory: Arc<Inventory>,
+        providers: Providers,
+        recorder: Option<Arc<Recorder>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            inventory,
+            providers,
+            recorder,
+            cancel,
+            out_of_service: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    pub fn recorder(&self) -> Option<&Arc<Recorder>> {
+        self.recorder.as_ref()
+    }
+
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub fn lb_kind(&self) -> &'static str {
+        self.providers.lb.kind()
+    }
+
+    /// Instances this run took out of service and has not put back, by name.
+    pub fn out_of_service(&self) -> Vec<String> {
+        self.out_of_service
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Runs `fut` unless the run is cancelled first; a cancel mid-wait drops
+    /// the wait at once rather than at the next script statement.
+    async fn cancellable<T>(&self, fut: impl Future<Output = ActionResult<T>>) -> ActionResult<T> {
+        if self.cancel.is_cancelled() {
+            return Err(ActionError::cancelled());
+        }
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(ActionError::cancelled()),
+            r = fut => r,
+        }
+    }
+
+    fn record(&self, text: String, estimate: Estimate) -> bool {
+        match &self.recorder {
+            Some(r) => {
+                r.step(text, estimate);
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ---- load balancer ------------------------------------------------------
+
+    pub async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
+        self.capacity_guard(inst).await?;
+        let lb = &self.providers.lb;
+        if !self.record(lb.describe(LbOp::Deregister, inst), Estimate::default()) {
+            info!(instance = %inst.name, step = "deregister", "{}", lb.describe(LbOp::Deregister, inst));
+            self.cancellable(lb.deregister(inst)).await?;
+        }
+        self.out_of_service
+            .lock()
+            .unwrap()
+            .insert(inst.name.clone());
+        Ok(())
+    }
+
+    pub async fn wait_drained(&self, inst: &Instance) -> ActionResult<DrainReport> {
+        let lb = &self.providers.lb;
+        let timeout = self.inventory.lb.drain_timeout;
+        let op = LbOp::WaitDrained { timeout };
+        if self.record(
+            lb.describe(op, inst),
+            Estimate::new(lb.typical_drain().min(timeout), timeout),
+        ) {
+            return Ok(DrainReport::default());
+        }
+        info!(instance = %inst.name, step = "drain", "{}", lb.describe(op, inst));
+        let report = self.cancellable(lb.wait_drained(inst, timeout)).await?;
+        let saved = report
+            .configured_delay
+            .map(|d| d.saturating_sub(report.waited))
+            .filter(|d| !d.is_zero());
+        match saved {
+            Some(saved) => info!(
+                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
+                "{} drained in {} ({} sooner than the LB's fixed delay)",
+                inst.name, format_duration(report.waited), format_duration(saved)
+            ),
+            None => info!(
+                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
+                "{} drained in {}", inst.name, format_duration(report.waited)
+            ),
+        }
+        Ok(report)
+    }
+
+    pub async fn register(&self, inst: &Instance) -> ActionResult<()> {
+        let lb = &self.providers.lb;
+        if !self.record(lb.describe(LbOp::Register, inst), Estimate::default()) {
+            info!(instance = %inst.name, step = "register", "{}", lb.describe(LbOp::Register, inst));
+            self.cancellable(lb.register(inst)).await?;
+        }
+        self.out_of_service.lock().unwrap().remove(&inst.name);
+        Ok(())
+    }
+
+    pub async fn wait_in_service(&self, inst: &Instance) -> ActionResult<Duration> {
+        let lb = &self.providers.lb;
+        let timeout = self.inventory.lb.register_timeout;
+        let op = LbOp::WaitInService { timeout };
+        if self.record(
+            lb.describe(op, inst),
+            Estimate::new(TYPICAL_REGISTER.min(timeout), timeout),
+        ) {
+            return Ok(Duration::ZERO);
+        }
+        info!(instance = %inst.name, step = "in_service", "{}", lb.describe(op, inst));
+        let waited = self.cancellable(lb.wait_in_service(inst, timeout)).await?;
+        info!(instance = %inst.name, step = "in_service", waited_ms = waited.as_millis() as u64,
+            "{} in service after {}", inst.name, format_duration(waited));
+        Ok(waited)
+    }
+
+    pub async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
+        let lb = &self.providers.lb;
+        let op = LbOp::SetWeight(weight);
+        if self.record(lb.describe(op, inst), Estimate::default()) {
+            return Ok(());
+        }
+        info!(instance = %inst.name, step = "set_weight", "{}", lb.describe(op, inst));
+        self.cancellable(lb.set_weight(inst, weight)).await
+    }
+
+    pub async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
+        let lb = &self.providers.lb;
+        if self.record(lb.describe_switch(pool), Estimate::default()) {
+            return Ok(());
+        }
+        info!(step = "switch", "{}", lb.describe_switch(pool));
+        self.cancellable(lb.switch_pool(pool)).await
+    }
+
+    /// Reads are not side effects, but a dry run touches nothing: it reports
+    /// what the run itself would have caused.
+    pub async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
+        if self.is_dry_run() {
+            return Ok(
+                if self.out_of_service.lock().unwrap().contains(&inst.name) {
+                    MemberState::OutOfService
+                } else {
+                    MemberState::InService
+                },
+            );
+        }
+        self.cancellable(self.providers.lb.state(inst)).await
+    }
+
+    pub async fn stats(&self, inst: &Instance) -> ActionResult<MemberStats> {
+        if self.is_dry_run() {
+            return Ok(MemberStats::new());
+        }
+        self.cancellable(self.providers.lb.stats(inst)).await
+    }
+
+    pub async fn in_service_count(&self) -> ActionResult<usize> {
+        let fleet = &self.inventory.instances;
+        if self.is_dry_run() {
+            let out = self.out_of_service.lock().unwrap();
+            return Ok(fleet.iter().filter(|i| !out.contains(&i.name)).count());
+        }
+        self.cancellable(self.providers.lb.in_service_count(fleet))
+            .await
+    }
+
+    /// Refuses a deregister that would leave fewer than `lb.min_in_service`
+    /// serving, counted from the LB's real state — whatever the script says.
+    async fn capacity_guard(&self, inst: &Instance) -> ActionResult<()> {
+        if self.providers.lb.kind() == "none" {
+            return Ok(());
+        }
+        let fleet: Vec<Instance> = match &inst.pool {
+            // Blue/green: each pool is its own fleet.
+            Some(pool) => self
+                .inventory
+                .instances
+                .iter()
+                .filter(|i| i.pool.as_deref() == Some(pool))
+                .cloned()
+                .collect(),
+            None => self.inventory.instances.clone(),
+        };
+        let floor = self.inventory.lb.min_in_service.of_ceil(fleet.len());
+        let serving = if self.is_dry_run() {
+            let out = self.out_of_service.lock().unwrap();
+            fleet.iter().filter(|i| !out.contains(&i.name)).count()
+        } else {
+            self.cancellable(self.providers.lb.in_service_count(&fleet))
+                .await?
+        };
+        let in_service_now = self.is_dry_run()
+            || self.cancellable(self.providers.lb.state(inst)).await? == MemberState::InService;
+        let after = if in_service_now {
+            serving.saturating_sub(1)
+        } else {
+            serving
+        };
+        if after < floor {
+            return Err(ActionError::new(
+                ErrorKind::Capacity,
+                format!(
+                    "capacity guard: taking {} out would leave {after} of {} instances in service, below lb.min_in_service = {} ({floor})",
+                    inst.name,
+                    fleet.len(),
+                    self.inventory.lb.min_in_service
+                ),
+            )
+            .host(inst.name.clone())
+            .detail("in_service", serving)
+            .detail("min_in_service", floor));
+        }
+        Ok(())
+    }
+
+    // ---- commands -----------------------------------------------------------
+
+    pub async fn ssh(
+        &self,
+        inst: &Instance,
+        cmd: &Cmd,
+        opts: ExecOptions,
+    ) -> ActionResult<ExecOutput> {
+        let transport = self.providers.ssh.clone();
+        let timeout = opts.timeout.unwrap_or(self.inventory.ssh.command_timeout);
+        self.exec(&*transport, inst, cmd, opts, timeout).await
+    }
+
+    pub async fn local(&self, cmd: &Cmd, opts: ExecOptions) -> ActionResult<ExecOutput> {
+        let transport = self.providers.local.clone();
+        let timeout = opts.timeout.unwrap_or(self.inventory.ssh.command_timeout);
+        self.exec(&*transport, &local_instance(), cmd, opts, timeout)
+            .await
+    }
+
+    async fn exec(
+        &self,
+        transport: &dyn Transport,
+        inst: &Instance,
+        cmd: &Cmd,
+        opts: ExecOptions,
+        timeout: Duration,
+    ) -> ActionResult<ExecOutput> {
+        let text = transport.describe(inst, cmd);
+        if self.record(
+            text.clone(),
+            Estimate::new(TYPICAL_COMMAND.min(timeout), timeout),
+        ) {
+            return Ok(ExecOutput::default());
+        }
+        info!(instance = %inst.name, step = "exec", "{text}");
+        let out = self.cancellable(transport.exec(inst, cmd, timeout)).await?;
+        if opts.check && out.status != 0 {
+            return Err(ActionError::new(ErrorKind::CommandFailed, "command failed")
+                .host(inst.name.clone())
+                .command(cmd.to_shell())
+                .status(out.status)
+                .stderr_tail(&out.stderr));
+        }
+        Ok(out)
+    }
+
+    // ---- health ---------------------------------------------------------------
+
+    /// The probe `health(inst)` runs, from the inventory's `[health]`.
+    pub fn probe_for(&self, inst: &Instance) -> HealthProbe {
+        let h = &self.inventory.health;
+        HealthProbe {
+            url: self.inventory.health_url(inst),
+            expect_status: h.expect_status,
+            expect_body: h.expect_body.clone(),
+            timeout: h.timeout,
+            interval: h.interval,
+            retries: h.retries,
+            healthy_threshold: h.healthy_threshold,
+        }
+    }
+
+    pub async fn health(&self, who: &str, probe: &HealthProbe) -> ActionResult<HealthReport> {
+        let worst = (probe.timeout + probe.interval) * probe.retries;
+        let typical = probe.interval * probe.healthy_threshold.saturating_sub(1);
+        let text = format!(
+            "http GET {}: expect {}{}, {} in a row (up to {} tries)",
+            probe.url,
+            probe.expect_status,
+            probe
+                .expect_body
+                .as_ref()
+                .map(|b| format!(" with body containing {b:?}"))
+                .unwrap_or_default(),
+            probe.healthy_threshold,
+            probe.retries
+        );
+        if self.record(text.clone(), Estimate::new(typical, worst)) {
+            return Ok(HealthReport {
+                url: probe.url.clone(),
+                attempts: vec![Attempt {
+                    at: Duration::ZERO,
+                    outcome: "assumed healthy (dry run)".into(),
+                    ok: true,
+                    latency: Duration::ZERO,
+                }],
+                duration: Duration::ZERO,
+            });
+        }
+        info!(instance = %who, step = "health", "{text}");
+        let report = self
+            .cancellable(self.providers.health.check(probe))
+            .await
+            .map_err(|e| if e.host.is_none() { e.host(who) } else { e })?;
+        info!(instance = %who, step = "healthy", "{who} healthy after {} attempt(s) in {}",
+            report.attempts.len(), format_duration(report.duration));
+        Ok(report)
+    }
+
+    // ---- time -------------------------------------------------------------
+
+    pub async fn sleep(&self, d: Duration) -> ActionResult<()> {
+        if self.record(format!("wait {}", format_duration(d)), Estimate::exact(d)) {
+            return Ok(());
+        }
+        info!(step = "sleep", "waiting {}", format_duration(d));
+        self.cancellable(async {
+            tokio::time::sleep(d).await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A plan note (e.g. `confirm` prompts) — no time, no effect.
+    pub fn note(&self, text: impl Into<String>) {
+        if let Some(r) = &self.recorder {
+            r.step(text.into(), Estimate::default());
+        }
+    }
+
+    /// Closes every connection the run opened.
+    pub async fn close(&self) {
+        let started = Instant::now();
+        self.providers.ssh.close().await;
+        if started.elapsed() > Duration::from_secs(2) {
+            warn!(
+                "closing ssh connections took {}",
+                format_duration(started.elapsed())
+            );
+        }
+    }
+}
+
+/// The pseudo-instance `local(cmd)` runs on.
+pub fn local_instance() -> Instance {
+    Instance {
+        name: "local".into(),
+        host: "localhost".into(),
+        port: None,
+        ssh_port: None,
+        health_port: None,
+        id: None,
+        pool: None,
+        weight: None,
+    }
+}

@@ -1,0 +1,175 @@
+//! The script reference, generated from the engine's own metadata so it
+//! cannot drift from what scripts can call.
+
+use rhai::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::resolver::STDLIB;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ApiFunction {
+    /// Empty for primitives; the module name (`steps`) for stdlib functions.
+    pub module: String,
+    pub name: String,
+    /// e.g. `ssh(inst: Map, cmd: Dynamic) -> Map`
+    pub signature: String,
+    /// First line of the doc.
+    pub summary: String,
+    /// The whole doc, markdown.
+    pub doc: String,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    functions: Vec<FnMeta>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FnMeta {
+    name: String,
+    #[serde(default)]
+    params: Vec<ParamMeta>,
+    #[serde(default)]
+    return_type: Option<String>,
+    #[serde(default)]
+    doc_comments: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ParamMeta {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+}
+
+fn clean_doc(comments: &[String]) -> String {
+    comments
+        .iter()
+        .flat_map(|c| c.lines())
+        .map(|l| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("///").unwrap_or(l);
+            l.strip_prefix(' ').unwrap_or(l).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
+}
+
+/// The first paragraph, on one line, without the example.
+fn summary(doc: &str) -> String {
+    doc.lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Example"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every documented primitive registered in `engine`, then the stdlib's
+/// public functions, each sorted by name.
+pub fn functions(engine: &Engine) -> Vec<ApiFunction> {
+    let json = engine
+        .gen_fn_metadata_to_json(false)
+        .expect("engine metadata serialises");
+    let meta: Metadata = serde_json::from_str(&json).expect("engine metadata parses");
+    let mut out: Vec<ApiFunction> = meta
+        .functions
+        .into_iter()
+        .filter(|f| !f.doc_comments.is_empty())
+        .map(|f| {
+            let params = f
+                .params
+                .iter()
+                .map(|p| match (&p.name, &p.ty) {
+                    (Some(n), Some(t)) => format!("{n}: {t}"),
+                    (Some(n), None) => n.clone(),
+                    (None, Some(t)) => t.clone(),
+                    (None, None) => "_".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let ret = f
+                .return_type
+                .filter(|r| r != "()")
+                .map(|r| format!(" -> {r}"))
+                .unwrap_or_default();
+            let doc = clean_doc(&f.doc_comments);
+            ApiFunction {
+                module: String::new(),
+                signature: format!("{}({params}){ret}", f.name),
+                summary: summary(&doc),
+                name: f.name,
+                doc,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.name
+            .cmp(&b.name)
+            .then(a.signature.len().cmp(&b.signature.len()))
+    });
+
+    for (module, text) in STDLIB {
+        let Ok(ast) = engine.compile(text) else {
+            continue;
+        };
+        let mut fns: Vec<ApiFunction> = ast
+            .iter_functions()
+            .filter(|f| f.access != rhai::FnAccess::Private && !f.comments.is_empty())
+            .map(|f| {
+                let doc = clean_doc(&f.comments.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+                ApiFunction {
+                    module: module.to_string(),
+                    name: f.name.to_string(),
+                    signature: format!("{module}::{}({})", f.name, f.params.join(", ")),
+                    summary: summary(&doc),
+                    doc,
+                }
+            })
+            .collect();
+        fns.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(fns);
+    }
+    out
+}
+
+/// `rollscript api`: one line per function.
+pub fn render_text(fns: &[ApiFunction]) -> String {
+    let width = fns
+        .iter()
+        .map(|f| f.signature.len())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    let mut out = String::from("Primitives (call from any script):\n");
+    let mut in_stdlib = false;
+    for f in fns {
+        if !f.module.is_empty() && !in_stdlib {
+            in_stdlib = true;
+            out.push_str("\nStdlib (import \"NAME\" as NAME;):\n");
+        }
+        out.push_str(&format!("  {:<width$}  {}\n", f.signature, f.summary));
+    }
+    out
+}
+
+/// `rollscript api --markdown`: the checked-in `docs/api.md`.
+pub fn render_markdown(fns: &[ApiFunction]) -> String {
+    let mut out = String::from(
+        "# rollscript script reference\n\n\
+         Generated by `rollscript api --markdown` from the engine's own metadata; \
+         CI fails when this file differs. Do not edit by hand.\n\n## Primitives\n",
+    );
+    let mut in_stdlib = false;
+    for f in fns {
+        if !f.module.is_empty() && !in_stdlib {
+            in_stdlib = true;
+            out.push_str("\n## Stdlib modules\n\nImport with `import \"steps\" as steps;` and call `steps::deploy_one(inst)`.\n");
+        }
+        out.push_str(&format!("\n### `{}`\n\n{}\n", f.signature, f.doc));
+    }
+    out
+}

@@ -1,0 +1,145 @@
+//! Control flow the runtime owns: `parallel` and `once`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext, INT};
+
+use super::func;
+use crate::engine::context::ScriptContext;
+use crate::engine::convert::{error_from_map, invalid, throw, RhaiResult};
+use crate::primitives::{ActionError, ErrorKind};
+
+pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
+    let c = ctx.clone();
+    func(
+        "parallel",
+        &["items: Array", "limit: INT", "f: FnPtr", "Array"],
+        "Calls `f(item)` for every item, at most `limit` at once, and returns the results in input order. Every item runs even if another fails; if any failed, the error lists each failure (kind `script` or the single failure's own kind) and carries all results in `e.details`. In a plan the items run one after another and the estimate accounts for the concurrency.
+Example: `parallel(batch, 5, |inst| deploy_one(inst));`",
+    )
+    .register_into_engine(
+        engine,
+        move |ctx: NativeCallContext, items: Array, limit: INT, f: FnPtr| -> RhaiResult<Array> {
+            if limit < 1 {
+                return Err(invalid(format!("parallel: limit must be at least 1, got {limit}")));
+            }
+            parallel(&c, &ctx, items, limit as usize, &f)
+        },
+    );
+
+    let c = ctx.clone();
+    func(
+        "once",
+        &["key: String", "f: FnPtr", "Dynamic"],
+        "Runs `f()` the first time `key` is seen in this run and returns its result; later calls with the same key return that result without running `f` again (also from other `parallel` branches, which wait for the first). A failed `f` is not remembered, so it may be retried.
+Example: `once(\"migrate\", || ssh(instances()[0], inventory().app.migrate));`",
+    )
+    .register_into_engine(
+        engine,
+        move |ctx: NativeCallContext, key: &str, f: FnPtr| -> RhaiResult<Dynamic> {
+            let slot = c.once_slot(key);
+            let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = guard.as_ref() {
+                return Ok(v.clone());
+            }
+            let v: Dynamic = f.call_within_context(&ctx, ())?;
+            *guard = Some(v.clone());
+            Ok(v)
+        },
+    );
+}
+
+#[allow(deprecated)] // store_data/create_context: rhai marks them "volatile", not deprecated.
+fn parallel(
+    c: &ScriptContext,
+    ctx: &NativeCallContext,
+    items: Array,
+    limit: usize,
+    f: &FnPtr,
+) -> RhaiResult<Array> {
+    let n = items.len();
+    let mut results: Vec<Option<Result<Dynamic, Box<EvalAltResult>>>> =
+        (0..n).map(|_| None).collect();
+
+    if let Some(rec) = c.effects.recorder() {
+        // A dry run is sequential so the plan's numbering is stable; the
+        // recorder schedules the estimates onto `limit` lanes.
+        rec.begin_group(n, limit.min(n.max(1)));
+        for (i, item) in items.into_iter().enumerate() {
+            rec.begin_branch();
+            let r = f.call_within_context::<Dynamic>(ctx, (item,));
+            rec.end_branch();
+            results[i] = Some(r);
+        }
+        rec.end_group();
+    } else {
+        let store = ctx.store_data();
+        let engine = ctx.engine();
+        let next = AtomicUsize::new(0);
+        let items = &items;
+        let slots: Vec<Mutex<Option<Result<Dynamic, Box<EvalAltResult>>>>> =
+            (0..n).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..limit.min(n) {
+                scope.spawn(|| {
+                    // Each worker gets its own copy of the caller's global
+                    // state (imports, constants), so closures see the modules
+                    // the script imported.
+                    let ctx = store.create_context(engine);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= n {
+                            break;
+                        }
+                        let r = f.call_within_context::<Dynamic>(&ctx, (items[i].clone(),));
+                        *slots[i].lock().unwrap() = Some(r);
+                    }
+                });
+            }
+        });
+        for (i, slot) in slots.into_iter().enumerate() {
+            results[i] = slot.into_inner().unwrap();
+        }
+    }
+
+    let mut ok = Array::with_capacity(n);
+    let mut failures = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r.expect("every item ran") {
+            Ok(v) => ok.push(v),
+            Err(e) => {
+                ok.push(Dynamic::UNIT);
+                failures.push((i, e));
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Ok(ok);
+    }
+    if failures.len() == 1 {
+        // One failure: rethrow it as it was, so its kind and location survive.
+        return Err(failures.pop().unwrap().1);
+    }
+    let mut err = ActionError::new(
+        ErrorKind::Script,
+        format!("{} of {n} parallel items failed", failures.len()),
+    );
+    for (i, e) in &failures {
+        let what = match &**e {
+            EvalAltResult::ErrorRuntime(v, _) => {
+                match v.read_lock::<rhai::Map>().and_then(|m| error_from_map(&m)) {
+                    Some(ae) => ae.to_string(),
+                    None => v.to_string(),
+                }
+            }
+            other => other.to_string(),
+        };
+        err = err.detail(format!("item {i}"), what.lines().next().unwrap_or_default());
+        err.message.push_str(&format!(
+            "\n  item {i}: {}",
+            what.lines().next().unwrap_or_default()
+        ));
+    }
+    Err(throw(err))
+}

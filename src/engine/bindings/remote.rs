@@ -1,0 +1,67 @@
+//! Commands on instances (`ssh`) and on this machine (`local`).
+
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, Map};
+
+use super::func;
+use crate::effects::ExecOptions;
+use crate::engine::context::ScriptContext;
+use crate::engine::convert::{cmd_arg, exec_map, exec_options, instance_arg, throw, RhaiResult};
+
+pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
+    const SSH_DOC: &str = "Runs `cmd` on `inst` over ssh (one multiplexed connection per host, reused for the whole run). `cmd` is a shell line, or an array whose every element is quoted (`[\"./deploy.sh\", version]`). Returns `#{status, stdout, stderr, duration}`. A non-zero exit fails with kind `command_failed` (host, command, status, last 20 lines of stderr) unless `#{check: false}`; `#{timeout: \"30s\"}` overrides `ssh.command_timeout`.
+Example: `ssh(inst, [\"./deploy.sh\", var(\"version\")]);`";
+    let c = ctx.clone();
+    func("ssh", &["inst: Map", "cmd: Dynamic", "Map"], SSH_DOC).register_into_engine(
+        engine,
+        move |inst: Dynamic, cmd: Dynamic| -> RhaiResult<Map> {
+            let inst = instance_arg(&c.effects.inventory, &inst)?;
+            let cmd = cmd_arg(&cmd)?;
+            c.block_on(c.effects.ssh(&inst, &cmd, ExecOptions::default()))
+                .map(|o| exec_map(&o))
+                .map_err(throw)
+        },
+    );
+    let c = ctx.clone();
+    func(
+        "ssh",
+        &["inst: Map", "cmd: Dynamic", "options: Map", "Map"],
+        SSH_DOC,
+    )
+    .register_into_engine(
+        engine,
+        move |inst: Dynamic, cmd: Dynamic, opts: Map| -> RhaiResult<Map> {
+            let inst = instance_arg(&c.effects.inventory, &inst)?;
+            let cmd = cmd_arg(&cmd)?;
+            let opts = exec_options(&opts)?;
+            c.block_on(c.effects.ssh(&inst, &cmd, opts))
+                .map(|o| exec_map(&o))
+                .map_err(throw)
+        },
+    );
+
+    const LOCAL_DOC: &str = "Runs `cmd` with `sh -c` on the machine running rollscript (LB-host commands, builds, notifications). Same result, options and errors as `ssh`.
+Example: `local(\"git rev-parse HEAD\").stdout`";
+    let c = ctx.clone();
+    func("local", &["cmd: Dynamic", "Map"], LOCAL_DOC).register_into_engine(
+        engine,
+        move |cmd: Dynamic| -> RhaiResult<Map> {
+            let cmd = cmd_arg(&cmd)?;
+            c.block_on(c.effects.local(&cmd, ExecOptions::default()))
+                .map(|o| exec_map(&o))
+                .map_err(throw)
+        },
+    );
+    let c = ctx.clone();
+    func("local", &["cmd: Dynamic", "options: Map", "Map"], LOCAL_DOC).register_into_engine(
+        engine,
+        move |cmd: Dynamic, opts: Map| -> RhaiResult<Map> {
+            let cmd = cmd_arg(&cmd)?;
+            let opts = exec_options(&opts)?;
+            c.block_on(c.effects.local(&cmd, opts))
+                .map(|o| exec_map(&o))
+                .map_err(throw)
+        },
+    );
+}

@@ -1,0 +1,66 @@
+//! What every binding can reach during one run: the effects layer, the
+//! `--var` values, the operator's answers, and the per-run `once` cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use rhai::Dynamic;
+use tokio::runtime::Handle;
+
+use crate::effects::Effects;
+
+/// How the operator wants prompts answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// `--yes`: every `confirm` is answered yes.
+    Yes,
+    /// Ask on the terminal; refuse if there is none.
+    Ask,
+}
+
+pub struct ScriptContext {
+    pub effects: Arc<Effects>,
+    pub vars: BTreeMap<String, String>,
+    pub answers: Answers,
+    handle: Handle,
+    /// `once(key, fn)` results. One mutex per key so a second caller waits for
+    /// the first to finish instead of running the step again.
+    once: Mutex<HashMap<String, Arc<Mutex<Option<Dynamic>>>>>,
+}
+
+impl ScriptContext {
+    pub fn new(
+        effects: Arc<Effects>,
+        vars: BTreeMap<String, String>,
+        answers: Answers,
+        handle: Handle,
+    ) -> Self {
+        Self {
+            effects,
+            vars,
+            answers,
+            handle,
+            once: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs an async primitive from the script's blocking thread. The future is
+    /// built by the caller inside this call, so nothing borrows across threads.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.handle.block_on(fut)
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub fn once_slot(&self, key: &str) -> Arc<Mutex<Option<Dynamic>>> {
+        self.once
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+}

@@ -1,0 +1,156 @@
+//! The Rhai host — the only module that imports `rhai`.
+//!
+//! [`Host::new`] builds the one Engine of a run: explicit limits (the same in
+//! debug and release builds), `eval` disabled, `print`/`debug` to `tracing`,
+//! imports confined to the script's folder then the embedded stdlib. Scripts
+//! and every module they import are compiled and linted before the first side
+//! effect; the script then runs on a blocking thread and primitives bridge to
+//! async with `Handle::block_on`.
+
+pub mod api;
+mod bindings;
+pub mod context;
+mod convert;
+pub mod diagnostics;
+mod lint;
+mod resolver;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, Scope, AST};
+use tracing::{debug, info};
+
+pub use context::{Answers, ScriptContext};
+pub use diagnostics::Diagnostic;
+pub use resolver::STDLIB;
+
+use resolver::{Resolver, Sources};
+
+/// Limits, set explicitly so a script behaves the same in debug and release
+/// builds (their defaults differ: 8 vs 64 call levels).
+pub mod limits {
+    pub const CALL_LEVELS: usize = 64;
+    pub const EXPR_DEPTH: usize = 64;
+    pub const FN_EXPR_DEPTH: usize = 32;
+    /// Enough for a plan over 10,000 instances; an endless loop stops in seconds.
+    pub const OPERATIONS: u64 = 200_000_000;
+    pub const MODULES: usize = 64;
+    pub const STRING_BYTES: usize = 64 * 1024 * 1024;
+    pub const ARRAY_ITEMS: usize = 1_000_000;
+    pub const MAP_ENTRIES: usize = 100_000;
+}
+
+pub struct Host {
+    engine: Engine,
+    sources: Arc<Sources>,
+}
+
+/// A script compiled with all its imports, ready to run.
+pub struct Compiled {
+    ast: AST,
+    /// The script's name in messages (as the operator typed the path).
+    file: String,
+}
+
+impl Host {
+    /// An engine for scripts in `script_dir`, with bindings acting through `ctx`.
+    pub fn new(script_dir: &Path, ctx: Arc<ScriptContext>) -> Self {
+        let sources = Arc::new(Sources::default());
+        let mut engine = Engine::new();
+        engine
+            .set_max_call_levels(limits::CALL_LEVELS)
+            .set_max_expr_depths(limits::EXPR_DEPTH, limits::FN_EXPR_DEPTH)
+            .set_max_operations(limits::OPERATIONS)
+            .set_max_modules(limits::MODULES)
+            .set_max_string_size(limits::STRING_BYTES)
+            .set_max_array_size(limits::ARRAY_ITEMS)
+            .set_max_map_size(limits::MAP_ENTRIES)
+            // Undefined variables are compile errors, caught before any step runs.
+            .set_strict_variables(true)
+            .set_fail_on_invalid_map_property(true)
+            .set_module_resolver(Resolver::new(script_dir, sources.clone()));
+        engine.disable_symbol("eval");
+        engine.on_print(|s| info!(target: "script", "{s}"));
+        engine
+            .on_debug(|s, src, pos| debug!(target: "script", "{}{pos:?}: {s}", src.unwrap_or("")));
+        // Ctrl-C between statements; waits inside primitives watch the same token.
+        let token = ctx.effects.cancel_token().clone();
+        engine.on_progress(move |_ops| {
+            if token.is_cancelled() {
+                Some(Dynamic::from("interrupted"))
+            } else {
+                None
+            }
+        });
+        bindings::register_all(&mut engine, &ctx);
+        Self { engine, sources }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles `path` and every module it imports, then lints the lot.
+    /// Returns every problem found, not only the first.
+    pub fn compile(&self, path: &Path) -> Result<Compiled, Vec<Diagnostic>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::plain(format!("cannot read script {file}: {e}"))])?;
+        self.compile_text(&file, &text)
+    }
+
+    pub fn compile_text(&self, file: &str, text: &str) -> Result<Compiled, Vec<Diagnostic>> {
+        self.sources.insert(file, text);
+        let mut ast = self
+            .engine
+            .compile_into_self_contained(&Scope::new(), text)
+            .map_err(|e| {
+                vec![self.locate_import_error(
+                    Diagnostic::from_eval(&e, file, &self.sources),
+                    text,
+                    file,
+                )]
+            })?;
+        ast.set_source(file);
+        let problems = lint::unknown_functions(&self.engine, &ast, file, &self.sources);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Compiled {
+            ast,
+            file: file.to_string(),
+        })
+    }
+
+    /// `compile_into_self_contained` resolves imports without a position;
+    /// point at the `import` line in the script ourselves.
+    fn locate_import_error(&self, mut d: Diagnostic, text: &str, file: &str) -> Diagnostic {
+        if d.chain.is_empty() && d.location.is_none() {
+            if let Some((n, line)) = text.lines().enumerate().find(|(_, l)| {
+                l.trim_start().starts_with("import ") && d.message.contains(&import_path(l))
+            }) {
+                let col = line.find("import").unwrap_or(0) + 1;
+                d.location = Some(diagnostics::Location {
+                    file: file.to_string(),
+                    line: n + 1,
+                    col,
+                });
+                d.source_line = Some(line.to_string());
+            }
+        }
+        d
+    }
+
+    /// Runs a compiled script to the end.
+    pub fn run(&self, compiled: &Compiled) -> Result<Dynamic, Diagnostic> {
+        let mut scope = Scope::new();
+        self.engine
+            .eval_ast_with_scope::<Dynamic>(&mut scope, &compiled.ast)
+            .map_err(|e| Diagnostic::from_eval(&e, &compiled.file, &self.sources))
+    }
+}
+
+fn import_path(line: &str) -> String {
+    line.split('"').nth(1).unwrap_or_default().to_string()
+}

@@ -1,0 +1,25 @@
+//! rollscript: deployment workflows written in Rhai, run by a Rust runtime
+//! that owns every side effect.
+//!
+//! # Layout
+//!
+//! - [`cli`]: clap definitions; nothing below it sees clap.
+//! - [`config`]: `rollscript.toml` → a validated [`config::Inventory`].
+//! - [`run`]: one command (`run`, `plan`, `check`, `api`) to an [`run::Outcome`].
+//! - [`engine`]: the Rhai host — the only module that imports `rhai`.
+//! - [`effects`]: the layer every side effect crosses (dry-run recorder,
+//!   cancellation, bookkeeping of instances taken out of service, capacity guard).
+//! - [`primitives`]: the async Rust API as traits (`LoadBalancer`, `Transport`, `HealthCheck`).
+//! - [`providers`]: their implementations (haproxy, nginx, aws, none; ssh, local; http).
+//! - [`plan`]: dry-run steps, estimates and rendering.
+//! - [`ui`]: logging and prompts.
+
+pub mod cli;
+pub mod config;
+pub mod effects;
+pub mod engine;
+pub mod plan;
+pub mod primitives;
+pub mod providers;
+pub mod run;
+pub mod ui;

@@ -1,0 +1,315 @@
+//! The dry-run record: numbered steps with time estimates, and the rendering
+//! `rollscript plan` prints. Steps arrive from the effects layer in the order
+//! the script would run them, so the plan is exact, not a guess at the script.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::config::format_duration;
+
+/// How long one step may take: what usually happens and the bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    pub typical: Duration,
+    pub worst: Duration,
+}
+
+impl Estimate {
+    pub fn new(typical: Duration, worst: Duration) -> Self {
+        Self { typical, worst }
+    }
+    pub fn exact(d: Duration) -> Self {
+        Self::new(d, d)
+    }
+    fn add(&mut self, other: Estimate) {
+        self.typical += other.typical;
+        self.worst += other.worst;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub number: usize,
+    /// Nesting depth: 0 for top level, +1 inside each `parallel`.
+    pub depth: usize,
+    pub text: String,
+    pub estimate: Estimate,
+}
+
+/// One line of the plan: a step, or a `parallel` group header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    Step(Step),
+    Group {
+        depth: usize,
+        items: usize,
+        limit: usize,
+    },
+    Note {
+        depth: usize,
+        text: String,
+    },
+}
+
+enum Frame {
+    Seq(Estimate),
+    /// `shown`: a group of one item, or one at a time, reads as plain sequence.
+    Group {
+        limit: usize,
+        branches: Vec<Estimate>,
+        shown: bool,
+    },
+}
+
+struct State {
+    lines: Vec<Line>,
+    stack: Vec<Frame>,
+    steps: usize,
+}
+
+/// Collects steps during a dry run. `parallel` runs its items one after
+/// another in a dry run (so numbering is stable), and the recorder schedules
+/// their estimates onto `limit` lanes to get the wall time right.
+pub struct Recorder {
+    state: Mutex<State>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State {
+                lines: Vec::new(),
+                stack: vec![Frame::Seq(Estimate::default())],
+                steps: 0,
+            }),
+        }
+    }
+
+    fn depth(st: &State) -> usize {
+        st.stack
+            .iter()
+            .filter(|f| matches!(f, Frame::Group { shown: true, .. }))
+            .count()
+    }
+
+    pub fn step(&self, text: impl Into<String>, estimate: Estimate) {
+        let mut st = self.state.lock().unwrap();
+        st.steps += 1;
+        let depth = Self::depth(&st);
+        let number = st.steps;
+        st.lines.push(Line::Step(Step {
+            number,
+            depth,
+            text: text.into(),
+            estimate,
+        }));
+        if let Some(Frame::Seq(e)) = st.stack.last_mut() {
+            e.add(estimate);
+        }
+    }
+
+    pub fn note(&self, text: impl Into<String>) {
+        let mut st = self.state.lock().unwrap();
+        let depth = Self::depth(&st);
+        st.lines.push(Line::Note {
+            depth,
+            text: text.into(),
+        });
+    }
+
+    pub fn begin_group(&self, items: usize, limit: usize) {
+        let mut st = self.state.lock().unwrap();
+        let depth = Self::depth(&st);
+        let shown = items > 1 && limit > 1;
+        if shown {
+            st.lines.push(Line::Group {
+                depth,
+                items,
+                limit,
+            });
+        }
+        st.stack.push(Frame::Group {
+            limit: limit.max(1),
+            branches: Vec::new(),
+            shown,
+        });
+    }
+
+    pub fn begin_branch(&self) {
+        self.state
+            .lock()
+            .unwrap()
+            .stack
+            .push(Frame::Seq(Estimate::default()));
+    }
+
+    pub fn end_branch(&self) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(Frame::Seq(e)) = st.stack.pop() {
+            if let Some(Frame::Group { branches, .. }) = st.stack.last_mut() {
+                branches.push(e);
+            }
+        }
+    }
+
+    pub fn end_group(&self) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(Frame::Group {
+            limit, branches, ..
+        }) = st.stack.pop()
+        {
+            let total = Estimate {
+                typical: schedule(branches.iter().map(|b| b.typical), limit),
+                worst: schedule(branches.iter().map(|b| b.worst), limit),
+            };
+            if let Some(Frame::Seq(e)) = st.stack.last_mut() {
+                e.add(total);
+            }
+        }
+    }
+
+    pub fn lines(&self) -> Vec<Line> {
+        self.state.lock().unwrap().lines.clone()
+    }
+
+    pub fn total(&self) -> Estimate {
+        match self.state.lock().unwrap().stack.first() {
+            Some(Frame::Seq(e)) => *e,
+            _ => Estimate::default(),
+        }
+    }
+
+    pub fn step_count(&self) -> usize {
+        self.state.lock().unwrap().steps
+    }
+}
+
+/// Wall time of running `jobs` in order on `lanes` workers, each job going to
+/// the lane that frees up first (what `parallel` does).
+fn schedule(jobs: impl Iterator<Item = Duration>, lanes: usize) -> Duration {
+    let mut free_at = vec![Duration::ZERO; lanes.max(1)];
+    for job in jobs {
+        let lane = free_at.iter_mut().min().expect("at least one lane");
+        *lane += job;
+    }
+    free_at.into_iter().max().unwrap_or_default()
+}
+
+/// Renders the plan as `rollscript plan` prints it.
+pub fn render(header: &str, recorder: &Recorder, assumptions: &[String]) -> String {
+    let mut out = String::new();
+    out.push_str(header);
+    out.push('\n');
+    let lines = recorder.lines();
+    let width = recorder.step_count().to_string().len();
+    for line in &lines {
+        match line {
+            Line::Step(s) => {
+                let bound = if s.estimate.worst > Duration::ZERO {
+                    format!(" (≤ {})", format_duration(s.estimate.worst))
+                } else {
+                    String::new()
+                };
+                out.push_str(&format!(
+                    "{}{:>width$}. {}{}\n",
+                    "   ".repeat(s.depth),
+                    s.number,
+                    s.text,
+                    bound
+                ));
+            }
+            Line::Group {
+                depth,
+                items,
+                limit,
+            } => out.push_str(&format!(
+                "{}{:>width$}  parallel: {items} item{}, up to {limit} at once\n",
+                "   ".repeat(*depth),
+                "",
+                if *items == 1 { "" } else { "s" },
+            )),
+            Line::Note { depth, text } => out.push_str(&format!(
+                "{}{:>width$}  # {text}\n",
+                "   ".repeat(*depth),
+                ""
+            )),
+        }
+    }
+    if lines.is_empty() {
+        out.push_str("(no steps: the script changes nothing)\n");
+    }
+    let total = recorder.total();
+    out.push_str(&format!(
+        "\n{} steps. Estimated duration: typical {}, worst case {}.\n",
+        recorder.step_count(),
+        format_duration_long(total.typical),
+        format_duration_long(total.worst)
+    ));
+    if !assumptions.is_empty() {
+        out.push_str("Assumptions:\n");
+        for a in assumptions {
+            out.push_str(&format!("  - {a}\n"));
+        }
+    }
+    out
+}
+
+/// `1h 02m 05s`, `4m 10s`, `12s`: totals read better in mixed units.
+pub fn format_duration_long(d: Duration) -> String {
+    let secs = d.as_secs_f64().round() as u64;
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h {m:02}m {s:02}s")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else if d < Duration::from_secs(1) && d > Duration::ZERO {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn parallel_estimates_use_lanes() {
+        let r = Recorder::new();
+        r.step("before", Estimate::exact(s(1)));
+        r.begin_group(3, 2);
+        for d in [10, 10, 10] {
+            r.begin_branch();
+            r.step("work", Estimate::exact(s(d)));
+            r.end_branch();
+        }
+        r.end_group();
+        // 3 jobs of 10s on 2 lanes: 20s, plus the 1s before.
+        assert_eq!(r.total(), Estimate::exact(s(21)));
+        assert_eq!(r.step_count(), 4);
+    }
+
+    #[test]
+    fn schedule_is_list_scheduling_in_order() {
+        assert_eq!(schedule([s(5), s(1), s(1), s(1)].into_iter(), 2), s(5));
+        assert_eq!(schedule([s(5), s(1)].into_iter(), 1), s(6));
+        assert_eq!(schedule(std::iter::empty(), 3), s(0));
+    }
+
+    #[test]
+    fn long_durations_read_in_mixed_units() {
+        assert_eq!(format_duration_long(s(3725)), "1h 02m 05s");
+        assert_eq!(format_duration_long(s(250)), "4m 10s");
+        assert_eq!(format_duration_long(s(12)), "12s");
+    }
+}

@@ -1,0 +1,197 @@
+//! The async Rust API scripts drive, as traits at each side-effect seam.
+//!
+//! Providers (`crate::providers`) implement these; the effects layer
+//! (`crate::effects`) is the only caller. Nothing here knows Rhai exists.
+
+mod error;
+mod quote;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use error::{tail_lines, ActionError, ActionResult, ErrorKind};
+pub use quote::sh_quote;
+
+use crate::config::Instance;
+
+/// A command for a shell: either a line the operator wrote (run as is, it is
+/// theirs), or an argv whose every element is quoted so it arrives as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl Cmd {
+    /// The line handed to `sh -c` (remote or local).
+    pub fn to_shell(&self) -> String {
+        match self {
+            Self::Shell(s) => s.clone(),
+            Self::Argv(args) => args
+                .iter()
+                .map(|a| sh_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_shell())
+    }
+}
+
+/// What a finished command produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+/// Runs commands on an instance (ssh) or on this machine (local).
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// How the plan shows this command, e.g. `ssh ubuntu@10.0.1.10: ./deploy.sh`.
+    fn describe(&self, inst: &Instance, cmd: &Cmd) -> String;
+    /// Runs `cmd`; a non-zero exit is *not* an error here (the effects layer
+    /// decides, so `#{check: false}` works the same for every transport).
+    /// Output is streamed to the log line by line as it arrives.
+    async fn exec(&self, inst: &Instance, cmd: &Cmd, timeout: Duration)
+        -> ActionResult<ExecOutput>;
+    /// Closes connections opened during the run.
+    async fn close(&self) {}
+}
+
+/// One HTTP health probe and its policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthProbe {
+    pub url: String,
+    pub expect_status: u16,
+    pub expect_body: Option<String>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub retries: u32,
+    pub healthy_threshold: u32,
+}
+
+/// What one attempt saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// Time since the check started.
+    pub at: Duration,
+    /// `200`, `503`, `connection refused`, `timeout after 2s`, `body lacks "ok"`.
+    pub outcome: String,
+    pub ok: bool,
+    pub latency: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReport {
+    pub url: String,
+    pub attempts: Vec<Attempt>,
+    pub duration: Duration,
+}
+
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// Polls until `healthy_threshold` consecutive successes (Ok) or the
+    /// retries are spent (Err of kind `health_failed`, listing the attempts).
+    async fn check(&self, probe: &HealthProbe) -> ActionResult<HealthReport>;
+}
+
+/// An instance as the load balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberState {
+    /// Receiving traffic and healthy.
+    InService,
+    /// No new traffic; connections still open.
+    Draining,
+    /// Out of rotation (maint, down, deregistered).
+    OutOfService,
+    /// In rotation but failing the LB's health checks.
+    Unhealthy,
+    /// Registered, not yet passing health checks.
+    Starting,
+    /// Not known to the load balancer at all.
+    Unknown,
+}
+
+impl MemberState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::InService => "in_service",
+            Self::Draining => "draining",
+            Self::OutOfService => "out_of_service",
+            Self::Unhealthy => "unhealthy",
+            Self::Starting => "starting",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DrainReport {
+    pub waited: Duration,
+    /// Connections open when the drain began, where the LB reports them.
+    pub connections_at_start: Option<u64>,
+    /// The LB's own fixed delay (ELBv2 `deregistration_delay`), to report time saved.
+    pub configured_delay: Option<Duration>,
+}
+
+/// Load-balancer operations, for plan lines and journal records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LbOp {
+    Deregister,
+    WaitDrained { timeout: Duration },
+    Register,
+    WaitInService { timeout: Duration },
+    SetWeight(u32),
+}
+
+/// Numbers the LB keeps about one member (HAProxy `show stat`, ELBv2 health),
+/// read by canary gates. Keys are documented per provider.
+pub type MemberStats = BTreeMap<String, f64>;
+
+#[async_trait]
+pub trait LoadBalancer: Send + Sync {
+    /// `haproxy`, `nginx`, `elbv2`, `none`.
+    fn kind(&self) -> &'static str;
+    /// How the plan shows `op` on `inst`, e.g. `haproxy credit_radar/web-1: drain`.
+    fn describe(&self, op: LbOp, inst: &Instance) -> String;
+    /// Stops new traffic to `inst`; open connections may finish.
+    async fn deregister(&self, inst: &Instance) -> ActionResult<()>;
+    /// Waits until `inst` has no connections left (or `timeout`, an error of kind `drain_timeout`).
+    async fn wait_drained(&self, inst: &Instance, timeout: Duration) -> ActionResult<DrainReport>;
+    /// Puts `inst` back in rotation.
+    async fn register(&self, inst: &Instance) -> ActionResult<()>;
+    /// Waits until the LB's own health checks report `inst` healthy.
+    async fn wait_in_service(&self, inst: &Instance, timeout: Duration) -> ActionResult<Duration>;
+    async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()>;
+    async fn state(&self, inst: &Instance) -> ActionResult<MemberState>;
+    /// How many of `fleet` the LB has in service right now.
+    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize>;
+    async fn stats(&self, _inst: &Instance) -> ActionResult<MemberStats> {
+        Ok(MemberStats::new())
+    }
+    /// Moves all traffic to `pool` (blue/green). Providers without pools refuse.
+    async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
+        Err(ActionError::new(
+            ErrorKind::Lb,
+            format!("{} cannot switch traffic to pool {pool:?}", self.kind()),
+        ))
+    }
+    fn describe_switch(&self, pool: &str) -> String {
+        format!("{}: switch traffic to pool {pool}", self.kind())
+    }
+    /// The typical poll interval, used by plan estimates.
+    fn typical_drain(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}

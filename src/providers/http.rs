@@ -1,0 +1,160 @@
+//! HTTP health checks with `reqwest` (rustls).
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::config::format_duration;
+use crate::primitives::{
+    ActionError, ActionResult, Attempt, ErrorKind, HealthCheck, HealthProbe, HealthReport,
+};
+
+pub struct HttpHealth {
+    client: reqwest::Client,
+}
+
+impl HttpHealth {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            // Health endpoints are checked directly, never through a proxy
+            // from the environment, and every attempt is a fresh connection
+            // so a dead instance cannot hide behind a pooled socket.
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("rollscript/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("http client builds");
+        Self { client }
+    }
+
+    async fn attempt(&self, probe: &HealthProbe) -> (bool, String) {
+        let resp = self
+            .client
+            .get(&probe.url)
+            .timeout(probe.timeout)
+            .send()
+            .await;
+        match resp {
+            Err(e) => (false, describe_error(&e, probe.timeout)),
+            Ok(r) => {
+                let status = r.status().as_u16();
+                if status != probe.expect_status {
+                    return (false, status.to_string());
+                }
+                match &probe.expect_body {
+                    None => (true, status.to_string()),
+                    Some(needle) => match r.text().await {
+                        Ok(body) if body.contains(needle.as_str()) => (true, status.to_string()),
+                        Ok(_) => (false, format!("{status}, body lacks {needle:?}")),
+                        Err(e) => (
+                            false,
+                            format!(
+                                "{status}, body unreadable: {}",
+                                describe_error(&e, probe.timeout)
+                            ),
+                        ),
+                    },
+                }
+            }
+        }
+    }
+}
+
+impl Default for HttpHealth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn describe_error(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timeout after {}", format_duration(timeout));
+    }
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                _ => io.to_string(),
+            };
+        }
+        src = s.source();
+    }
+    let text = e.to_string();
+    if text.contains("dns error") || text.contains("failed to lookup") {
+        return "host name does not resolve".into();
+    }
+    text
+}
+
+#[async_trait]
+impl HealthCheck for HttpHealth {
+    async fn check(&self, probe: &HealthProbe) -> ActionResult<HealthReport> {
+        let started = Instant::now();
+        let mut attempts = Vec::new();
+        let mut streak = 0;
+        for n in 0..probe.retries {
+            if n > 0 {
+                tokio::time::sleep(probe.interval).await;
+            }
+            let at = started.elapsed();
+            let t0 = Instant::now();
+            let (ok, outcome) = self.attempt(probe).await;
+            attempts.push(Attempt {
+                at,
+                outcome,
+                ok,
+                latency: t0.elapsed(),
+            });
+            streak = if ok { streak + 1 } else { 0 };
+            if streak >= probe.healthy_threshold {
+                return Ok(HealthReport {
+                    url: probe.url.clone(),
+                    attempts,
+                    duration: started.elapsed(),
+                });
+            }
+        }
+        Err(ActionError::new(
+            ErrorKind::HealthFailed,
+            format!(
+                "not healthy: {} after {} attempts over {} ({})",
+                probe.url,
+                attempts.len(),
+                format_duration(started.elapsed()),
+                summarise(&attempts)
+            ),
+        )
+        .detail("attempts", attempts.len())
+        .detail(
+            "last",
+            attempts
+                .last()
+                .map(|a| a.outcome.clone())
+                .unwrap_or_default(),
+        ))
+    }
+}
+
+/// `3× connection refused, then 2× 503, then 200` — what each run of attempts saw.
+pub fn summarise(attempts: &[Attempt]) -> String {
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for a in attempts {
+        match runs.last_mut() {
+            Some((o, n)) if *o == a.outcome => *n += 1,
+            _ => runs.push((a.outcome.clone(), 1)),
+        }
+    }
+    runs.iter()
+        .map(|(o, n)| {
+            if *n == 1 {
+                o.clone()
+            } else {
+                format!("{n}× {o}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", then ")
+}
