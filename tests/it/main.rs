@@ -3,4 +3,9 @@
 
 mod harness;
 
+mod aws;
 mod cli;
+mod haproxy;
+mod health;
+mod nginx;
+mod ssh;

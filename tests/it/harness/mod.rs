@@ -4,6 +4,13 @@
 
 #![allow(dead_code)]
 
+pub mod backend;
+pub mod haproxy;
+pub mod http;
+pub mod moto;
+pub mod nginx;
+pub mod sshd;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
