@@ -93,9 +93,7 @@ impl Diagnostic {
                             at: location(&file, *pos),
                         });
                     }
-                    // Our resolver names modules by their shown path; Rhai's own
-                    // errors may use the import path, which we keep as is.
-                    file = path.clone();
+                    file = sources.shown_name(path).unwrap_or_else(|| path.clone());
                     e = inner;
                 }
                 _ => break,

@@ -14,6 +14,8 @@ mod convert;
 pub mod diagnostics;
 mod lint;
 mod resolver;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -106,11 +108,8 @@ impl Host {
             .engine
             .compile_into_self_contained(&Scope::new(), text)
             .map_err(|e| {
-                vec![self.locate_import_error(
-                    Diagnostic::from_eval(&e, file, &self.sources),
-                    text,
-                    file,
-                )]
+                let d = Diagnostic::from_eval(&e, file, &self.sources);
+                vec![self.locate_import_error(d, &e, text, file)]
             })?;
         ast.set_source(file);
         let problems = lint::unknown_functions(&self.engine, &ast, file, &self.sources);
@@ -124,19 +123,41 @@ impl Host {
     }
 
     /// `compile_into_self_contained` resolves imports without a position;
-    /// point at the `import` line in the script ourselves.
-    fn locate_import_error(&self, mut d: Diagnostic, text: &str, file: &str) -> Diagnostic {
-        if d.chain.is_empty() && d.location.is_none() {
-            if let Some((n, line)) = text.lines().enumerate().find(|(_, l)| {
-                l.trim_start().starts_with("import ") && d.message.contains(&import_path(l))
-            }) {
-                let col = line.find("import").unwrap_or(0) + 1;
-                d.location = Some(diagnostics::Location {
-                    file: file.to_string(),
-                    line: n + 1,
-                    col,
-                });
+    /// point at the script's `import` line ourselves.
+    fn locate_import_error(
+        &self,
+        mut d: Diagnostic,
+        err: &rhai::EvalAltResult,
+        text: &str,
+        file: &str,
+    ) -> Diagnostic {
+        let rhai::EvalAltResult::ErrorInModule(path, _, pos) = err else {
+            return d;
+        };
+        if !pos.is_none() {
+            return d;
+        }
+        let found = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.trim_start().starts_with("import") && import_path(l) == *path);
+        if let Some((n, line)) = found {
+            let at = diagnostics::Location {
+                file: file.to_string(),
+                line: n + 1,
+                col: line.find("import").unwrap_or(0) + 1,
+            };
+            if d.location.is_none() {
+                d.location = Some(at);
                 d.source_line = Some(line.to_string());
+            } else {
+                d.chain.insert(
+                    0,
+                    diagnostics::Frame {
+                        function: format!("import \"{path}\""),
+                        at: Some(at),
+                    },
+                );
             }
         }
         d

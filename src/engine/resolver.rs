@@ -22,6 +22,8 @@ pub struct Sources {
     texts: Mutex<HashMap<String, Arc<str>>>,
     /// Compiled modules, kept for the lint.
     modules: Mutex<Vec<(String, AST)>>,
+    /// Import path (`steps`) → shown file name (`scripts/steps.rhai`).
+    aliases: Mutex<HashMap<String, String>>,
 }
 
 impl Sources {
@@ -34,6 +36,19 @@ impl Sources {
 
     pub fn get(&self, name: &str) -> Option<Arc<str>> {
         self.texts.lock().unwrap().get(name).cloned()
+    }
+
+    /// Remembers that `import "path"` resolved to the file shown as `name`.
+    pub fn alias(&self, path: &str, name: &str) {
+        self.aliases
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), name.to_string());
+    }
+
+    /// The shown file name of an import path, if it was resolved.
+    pub fn shown_name(&self, path: &str) -> Option<String> {
+        self.aliases.lock().unwrap().get(path).cloned()
     }
 
     pub fn add_module(&self, name: &str, ast: &AST) {
@@ -65,6 +80,18 @@ impl Resolver {
             root,
             shown_root,
             sources,
+        }
+    }
+
+    /// `scripts/steps.rhai`, or `steps.rhai` for a script in the current folder.
+    fn shown(&self, path: &str) -> String {
+        if self.shown_root == Path::new(".") {
+            format!("{path}.rhai")
+        } else {
+            self.shown_root
+                .join(format!("{path}.rhai"))
+                .display()
+                .to_string()
         }
     }
 
@@ -113,8 +140,7 @@ impl Resolver {
             let text = std::fs::read_to_string(&real).map_err(|e| {
                 Self::fail(path, format!("cannot read {}: {e}", file.display()), pos)
             })?;
-            let shown = self.shown_root.join(format!("{path}.rhai"));
-            return Ok((shown.display().to_string(), text));
+            return Ok((self.shown(path), text));
         }
         if let Some((_, text)) = STDLIB.iter().find(|(name, _)| *name == path) {
             return Ok((format!("<stdlib>/{path}.rhai"), text.to_string()));
@@ -124,7 +150,7 @@ impl Resolver {
             path,
             format!(
                 "module {path:?} not found: no {} and no stdlib module of that name (stdlib: {})",
-                self.shown_root.join(format!("{path}.rhai")).display(),
+                self.shown(path),
                 known.join(", ")
             ),
             pos,
@@ -142,9 +168,10 @@ impl ModuleResolver for Resolver {
     ) -> Result<Shared<Module>, Box<EvalAltResult>> {
         let (name, text) = self.locate(path, pos)?;
         self.sources.insert(&name, &text);
+        self.sources.alias(path, &name);
         let mut ast = engine.compile(&text).map_err(|e| {
             EvalAltResult::ErrorInModule(
-                name.clone(),
+                path.to_string(),
                 EvalAltResult::ErrorParsing(*e.0, e.1).into(),
                 pos,
             )
@@ -152,7 +179,7 @@ impl ModuleResolver for Resolver {
         ast.set_source(name.as_str());
         self.sources.add_module(&name, &ast);
         let module = Module::eval_ast_as_new(Scope::new(), &ast, engine)
-            .map_err(|e| EvalAltResult::ErrorInModule(name.clone(), e, pos))?;
+            .map_err(|e| EvalAltResult::ErrorInModule(path.to_string(), e, pos))?;
         Ok(module.into())
     }
 }

@@ -126,15 +126,7 @@ fn parallel(
         format!("{} of {n} parallel items failed", failures.len()),
     );
     for (i, e) in &failures {
-        let what = match &**e {
-            EvalAltResult::ErrorRuntime(v, _) => {
-                match v.read_lock::<rhai::Map>().and_then(|m| error_from_map(&m)) {
-                    Some(ae) => ae.to_string(),
-                    None => v.to_string(),
-                }
-            }
-            other => other.to_string(),
-        };
+        let what = describe_failure(e);
         err = err.detail(format!("item {i}"), what.lines().next().unwrap_or_default());
         err.message.push_str(&format!(
             "\n  item {i}: {}",
@@ -142,4 +134,22 @@ fn parallel(
         ));
     }
     Err(throw(err))
+}
+
+/// One line about a failed item: the primitive's error if that is the cause,
+/// else the script error, without Rhai's wrapping of function calls.
+fn describe_failure(mut e: &EvalAltResult) -> String {
+    loop {
+        match e {
+            EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+            | EvalAltResult::ErrorInModule(_, inner, _) => e = inner,
+            EvalAltResult::ErrorRuntime(v, _) => {
+                return match v.read_lock::<rhai::Map>().and_then(|m| error_from_map(&m)) {
+                    Some(ae) => ae.to_string(),
+                    None => v.to_string(),
+                }
+            }
+            other => return other.to_string(),
+        }
+    }
 }
