@@ -71,6 +71,12 @@ pub enum Command {
         /// Answer yes to every `confirm` in the script.
         #[arg(short = 'y', long)]
         yes: bool,
+        /// Wait up to this long for another run's deploy lock (e.g. 10m) instead of exiting 3.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, default_value = "0s")]
+        lock_wait: std::time::Duration,
+        /// Re-run only the instances that failed (or were left out) in run RUN.
+        #[arg(long, value_name = "RUN")]
+        only_failed: Option<String>,
     },
     /// Dry run: print every step the script would take and an estimated duration. Touches nothing.
     #[command(
@@ -95,11 +101,41 @@ pub enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// After rollscript itself died (kill -9, power loss): put back what its run left out of service, release the lock.
+    #[command(
+        after_help = "Examples:\n  rollscript recover            the newest run that left instances out\n  rollscript recover 20261129T1612"
+    )]
+    Recover {
+        /// Run id (or a unique prefix); default: the newest run that left instances out.
+        run: Option<String>,
+    },
+    /// Remove the deploy lock (asks first).
+    #[command(after_help = "Example:\n  rollscript unlock --yes")]
+    Unlock {
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// List recorded runs, or show one.
+    #[command(after_help = "Examples:\n  rollscript runs\n  rollscript runs show 20261129T1612")]
+    Runs {
+        #[command(subcommand)]
+        show: Option<RunsCommand>,
+    },
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  rollscript completions bash > /etc/bash_completion.d/rollscript"
     )]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Print one run's journal readably.
+    Show { run: String },
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {

@@ -5,15 +5,16 @@
 //! run it records a plan step instead of acting, so the plan *is* the record
 //! of what the script would do. The journal and the capacity guard hook in here.
 
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{format_duration, Instance, Inventory};
+use crate::journal::Journal;
+use crate::ledger::Ledger;
 use crate::plan::{Estimate, Recorder};
 use crate::primitives::{
     ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthCheck,
@@ -57,9 +58,12 @@ pub struct Effects {
     providers: Providers,
     /// Some in a dry run: record, don't act.
     recorder: Option<Arc<Recorder>>,
-    cancel: CancellationToken,
-    /// Instances this run took out of rotation and has not put back.
-    out_of_service: Mutex<BTreeSet<String>>,
+    /// Swapped for a fresh token when compensation starts, so the cleanup
+    /// after a first Ctrl-C can still wait; a second Ctrl-C cancels that one.
+    cancel: RwLock<CancellationToken>,
+    journal: std::sync::OnceLock<Arc<Journal>>,
+    /// Per-instance bookkeeping: out of service, touched, failed, timings.
+    pub ledger: Ledger,
 }
 
 impl Effects {
@@ -69,13 +73,26 @@ impl Effects {
         recorder: Option<Arc<Recorder>>,
         cancel: CancellationToken,
     ) -> Self {
+        let ledger = Ledger::new(inventory.instances.iter().map(|i| i.name.clone()));
         Self {
             inventory,
             providers,
             recorder,
-            cancel,
-            out_of_service: Mutex::new(BTreeSet::new()),
+            cancel: RwLock::new(cancel),
+            journal: std::sync::OnceLock::new(),
+            ledger,
         }
+    }
+
+    /// Journals every effect from now on (intent before, result after).
+    /// Set once, after the script compiled: a script that cannot run leaves
+    /// no journal behind.
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.get()
     }
 
     pub fn is_dry_run(&self) -> bool {
@@ -86,8 +103,20 @@ impl Effects {
         self.recorder.as_ref()
     }
 
-    pub fn cancel_token(&self) -> &CancellationToken {
-        &self.cancel
+    /// The token that stops the current phase (the run, or its compensation).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.read().unwrap().clone()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.read().unwrap().is_cancelled()
+    }
+
+    /// Starts a new phase with its own token (compensation after a cancel).
+    pub fn renew_cancel(&self) -> CancellationToken {
+        let fresh = CancellationToken::new();
+        *self.cancel.write().unwrap() = fresh.clone();
+        fresh
     }
 
     pub fn lb_kind(&self) -> &'static str {
@@ -96,25 +125,55 @@ impl Effects {
 
     /// Instances this run took out of service and has not put back, by name.
     pub fn out_of_service(&self) -> Vec<String> {
-        self.out_of_service
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
+        self.ledger
+            .out_of_service()
+            .into_iter()
+            .map(|(n, _)| n)
             .collect()
+    }
+
+    fn is_out(&self, name: &str) -> bool {
+        self.ledger.out_of_service().iter().any(|(n, _)| n == name)
     }
 
     /// Runs `fut` unless the run is cancelled first; a cancel mid-wait drops
     /// the wait at once rather than at the next script statement.
     async fn cancellable<T>(&self, fut: impl Future<Output = ActionResult<T>>) -> ActionResult<T> {
-        if self.cancel.is_cancelled() {
+        let token = self.cancel_token();
+        if token.is_cancelled() {
             return Err(ActionError::cancelled());
         }
         tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => Err(ActionError::cancelled()),
+            _ = token.cancelled() => Err(ActionError::cancelled()),
             r = fut => r,
         }
+    }
+
+    /// Acts: journal the intent, run `fut` (cancellable), journal the result,
+    /// keep the ledger.
+    async fn act<T>(
+        &self,
+        op: &'static str,
+        inst: Option<&Instance>,
+        text: &str,
+        fut: impl Future<Output = ActionResult<T>>,
+    ) -> ActionResult<T> {
+        let name = inst.map(|i| i.name.as_str());
+        let seq = self.journal.get().map(|j| j.intent(op, name, text));
+        if let Some(n) = name {
+            self.ledger.begin(n, op);
+        }
+        let started = Instant::now();
+        let r = self.cancellable(fut).await;
+        let took = started.elapsed();
+        if let (Some(j), Some(seq)) = (self.journal.get(), seq) {
+            j.result(seq, took, r.as_ref().err());
+        }
+        if let Some(n) = name {
+            self.ledger.finish(n, op, took, r.as_ref().err());
+        }
+        r
     }
 
     fn record(&self, text: String, estimate: Estimate) -> bool {
@@ -132,15 +191,15 @@ impl Effects {
     pub async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
         self.capacity_guard(inst).await?;
         let lb = &self.providers.lb;
-        if !self.record(lb.describe(LbOp::Deregister, inst), Estimate::default()) {
-            info!(instance = %inst.name, step = "deregister", "{}", lb.describe(LbOp::Deregister, inst));
-            self.cancellable(lb.deregister(inst)).await?;
+        let text = lb.describe(LbOp::Deregister, inst);
+        if self.record(text.clone(), Estimate::default()) {
+            self.ledger
+                .finish(&inst.name, "deregister", Duration::ZERO, None);
+            return Ok(());
         }
-        self.out_of_service
-            .lock()
-            .unwrap()
-            .insert(inst.name.clone());
-        Ok(())
+        info!(instance = %inst.name, step = "deregister", "{text}");
+        self.act("deregister", Some(inst), &text, lb.deregister(inst))
+            .await
     }
 
     pub async fn wait_drained(&self, inst: &Instance) -> ActionResult<DrainReport> {
@@ -153,8 +212,16 @@ impl Effects {
         ) {
             return Ok(DrainReport::default());
         }
-        info!(instance = %inst.name, step = "drain", "{}", lb.describe(op, inst));
-        let report = self.cancellable(lb.wait_drained(inst, timeout)).await?;
+        let text = lb.describe(op, inst);
+        info!(instance = %inst.name, step = "drain", "{text}");
+        let report = self
+            .act(
+                "wait_drained",
+                Some(inst),
+                &text,
+                lb.wait_drained(inst, timeout),
+            )
+            .await?;
         let saved = report
             .configured_delay
             .map(|d| d.saturating_sub(report.waited))
@@ -175,12 +242,15 @@ impl Effects {
 
     pub async fn register(&self, inst: &Instance) -> ActionResult<()> {
         let lb = &self.providers.lb;
-        if !self.record(lb.describe(LbOp::Register, inst), Estimate::default()) {
-            info!(instance = %inst.name, step = "register", "{}", lb.describe(LbOp::Register, inst));
-            self.cancellable(lb.register(inst)).await?;
+        let text = lb.describe(LbOp::Register, inst);
+        if self.record(text.clone(), Estimate::default()) {
+            self.ledger
+                .finish(&inst.name, "register", Duration::ZERO, None);
+            return Ok(());
         }
-        self.out_of_service.lock().unwrap().remove(&inst.name);
-        Ok(())
+        info!(instance = %inst.name, step = "register", "{text}");
+        self.act("register", Some(inst), &text, lb.register(inst))
+            .await
     }
 
     pub async fn wait_in_service(&self, inst: &Instance) -> ActionResult<Duration> {
@@ -193,8 +263,16 @@ impl Effects {
         ) {
             return Ok(Duration::ZERO);
         }
-        info!(instance = %inst.name, step = "in_service", "{}", lb.describe(op, inst));
-        let waited = self.cancellable(lb.wait_in_service(inst, timeout)).await?;
+        let text = lb.describe(op, inst);
+        info!(instance = %inst.name, step = "in_service", "{text}");
+        let waited = self
+            .act(
+                "wait_in_service",
+                Some(inst),
+                &text,
+                lb.wait_in_service(inst, timeout),
+            )
+            .await?;
         info!(instance = %inst.name, step = "in_service", waited_ms = waited.as_millis() as u64,
             "{} in service after {}", inst.name, format_duration(waited));
         Ok(waited)
@@ -206,8 +284,10 @@ impl Effects {
         if self.record(lb.describe(op, inst), Estimate::default()) {
             return Ok(());
         }
-        info!(instance = %inst.name, step = "set_weight", "{}", lb.describe(op, inst));
-        self.cancellable(lb.set_weight(inst, weight)).await
+        let text = lb.describe(op, inst);
+        info!(instance = %inst.name, step = "set_weight", "{text}");
+        self.act("set_weight", Some(inst), &text, lb.set_weight(inst, weight))
+            .await
     }
 
     pub async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
@@ -215,21 +295,21 @@ impl Effects {
         if self.record(lb.describe_switch(pool), Estimate::default()) {
             return Ok(());
         }
-        info!(step = "switch", "{}", lb.describe_switch(pool));
-        self.cancellable(lb.switch_pool(pool)).await
+        let text = lb.describe_switch(pool);
+        info!(step = "switch", "{text}");
+        self.act("switch_pool", None, &text, lb.switch_pool(pool))
+            .await
     }
 
     /// Reads are not side effects, but a dry run touches nothing: it reports
     /// what the run itself would have caused.
     pub async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
         if self.is_dry_run() {
-            return Ok(
-                if self.out_of_service.lock().unwrap().contains(&inst.name) {
-                    MemberState::OutOfService
-                } else {
-                    MemberState::InService
-                },
-            );
+            return Ok(if self.is_out(&inst.name) {
+                MemberState::OutOfService
+            } else {
+                MemberState::InService
+            });
         }
         self.cancellable(self.providers.lb.state(inst)).await
     }
@@ -244,8 +324,7 @@ impl Effects {
     pub async fn in_service_count(&self) -> ActionResult<usize> {
         let fleet = &self.inventory.instances;
         if self.is_dry_run() {
-            let out = self.out_of_service.lock().unwrap();
-            return Ok(fleet.iter().filter(|i| !out.contains(&i.name)).count());
+            return Ok(fleet.iter().filter(|i| !self.is_out(&i.name)).count());
         }
         self.cancellable(self.providers.lb.in_service_count(fleet))
             .await
@@ -270,8 +349,7 @@ impl Effects {
         };
         let floor = self.inventory.lb.min_in_service.of_ceil(fleet.len());
         let serving = if self.is_dry_run() {
-            let out = self.out_of_service.lock().unwrap();
-            fleet.iter().filter(|i| !out.contains(&i.name)).count()
+            fleet.iter().filter(|i| !self.is_out(&i.name)).count()
         } else {
             self.cancellable(self.providers.lb.in_service_count(&fleet))
                 .await?
@@ -336,15 +414,27 @@ impl Effects {
             return Ok(ExecOutput::default());
         }
         info!(instance = %inst.name, step = "exec", "{text}");
-        let out = self.cancellable(transport.exec(inst, cmd, timeout)).await?;
-        if opts.check && out.status != 0 {
-            return Err(ActionError::new(ErrorKind::CommandFailed, "command failed")
-                .host(inst.name.clone())
-                .command(cmd.to_shell())
-                .status(out.status)
-                .stderr_tail(&out.stderr));
-        }
-        Ok(out)
+        let is_local = std::ptr::eq(
+            transport as *const dyn Transport as *const u8,
+            &*self.providers.local as *const dyn Transport as *const u8,
+        );
+        let (op, target) = if is_local {
+            ("local", None)
+        } else {
+            ("ssh", Some(inst))
+        };
+        let checked = async {
+            let out = transport.exec(inst, cmd, timeout).await?;
+            if opts.check && out.status != 0 {
+                return Err(ActionError::new(ErrorKind::CommandFailed, "command failed")
+                    .host(inst.name.clone())
+                    .command(cmd.to_shell())
+                    .status(out.status)
+                    .stderr_tail(&out.stderr));
+            }
+            Ok(out)
+        };
+        self.act(op, target, &text, checked).await
     }
 
     // ---- health ---------------------------------------------------------------
@@ -391,10 +481,17 @@ impl Effects {
             });
         }
         info!(instance = %who, step = "health", "{text}");
-        let report = self
-            .cancellable(self.providers.health.check(probe))
-            .await
-            .map_err(|e| if e.host.is_none() { e.host(who) } else { e })?;
+        let inst = self.inventory.instance(who).cloned();
+        let check = async {
+            self.providers.health.check(probe).await.map_err(|e| {
+                if e.host.is_none() {
+                    e.host(who)
+                } else {
+                    e
+                }
+            })
+        };
+        let report = self.act("health", inst.as_ref(), &text, check).await?;
         info!(instance = %who, step = "healthy", "{who} healthy after {} attempt(s) in {}",
             report.attempts.len(), format_duration(report.duration));
         Ok(report)

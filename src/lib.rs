@@ -15,11 +15,19 @@
 //! - [`ui`]: logging and prompts.
 
 pub mod cli;
+pub mod compensate;
 pub mod config;
 pub mod effects;
 pub mod engine;
+pub mod journal;
+pub mod ledger;
+pub mod lock;
 pub mod plan;
 pub mod primitives;
 pub mod providers;
+pub mod recover;
 pub mod run;
+#[cfg(test)]
+mod run_tests;
+pub mod summary;
 pub mod ui;

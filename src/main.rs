@@ -1,7 +1,9 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use rollscript::cli::{Cli, Command, LogFormat};
+use rollscript::cli::{Cli, Command, LogFormat, RunsCommand};
+use rollscript::recover;
 use rollscript::run::{self, ApiFormat, Outcome, RunOptions};
 use rollscript::ui;
 
@@ -15,25 +17,32 @@ fn main() -> ExitCode {
     ui::init_logging(format, if g.quiet { -1 } else { g.verbose as i8 });
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let vars = g.vars.iter().cloned().collect();
+    let inventory = g.inventory.clone();
 
     let outcome = match cli.command {
         Command::Run {
             script,
             dry_run,
             yes,
+            lock_wait,
+            only_failed,
         } => runtime.block_on(run::run(RunOptions {
             script,
-            inventory: g.inventory.clone(),
+            inventory,
             vars,
             dry_run,
             yes,
+            lock_wait,
+            only_failed,
         })),
         Command::Plan { script } => runtime.block_on(run::run(RunOptions {
             script,
-            inventory: g.inventory.clone(),
+            inventory,
             vars,
             dry_run: true,
             yes: true,
+            lock_wait: Duration::ZERO,
+            only_failed: None,
         })),
         Command::Check { scripts } => runtime.block_on(async { run::check(&scripts) }),
         Command::Api { json, markdown } => {
@@ -45,6 +54,24 @@ fn main() -> ExitCode {
             print!("{}", runtime.block_on(async { run::api(format) }));
             Outcome::Success
         }
+        Command::Recover { run } => runtime.block_on(recover::recover(&inventory, run.as_deref())),
+        Command::Unlock { yes } => recover::unlock(&inventory, yes),
+        Command::Runs { show: None } => {
+            print!("{}", recover::list_runs(&inventory));
+            Outcome::Success
+        }
+        Command::Runs {
+            show: Some(RunsCommand::Show { run }),
+        } => match recover::show_run(&inventory, &run) {
+            Ok(text) => {
+                print!("{text}");
+                Outcome::Success
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Outcome::Invalid
+            }
+        },
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -56,7 +83,7 @@ fn main() -> ExitCode {
         }
     };
     // Don't wait for stray blocking tasks (a script thread stuck in a wait
-    // after a second Ctrl-C): the outcome is decided.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // after the outcome is decided).
+    runtime.shutdown_timeout(Duration::from_secs(1));
     ExitCode::from(outcome.exit_code())
 }

@@ -8,11 +8,17 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use sha2::Digest;
+
+use crate::compensate;
 use crate::config::Inventory;
 use crate::effects::Effects;
 use crate::engine::{self, Answers, Diagnostic, Host, ScriptContext};
+use crate::journal::{self, Journal, Record};
+use crate::lock::{self, DeployLock, LockError};
 use crate::plan::{render, Recorder};
 use crate::providers;
+use crate::summary;
 
 /// How a command ended; each maps to one documented exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,10 @@ pub struct RunOptions {
     pub vars: BTreeMap<String, String>,
     pub dry_run: bool,
     pub yes: bool,
+    /// How long to wait for another run's deploy lock.
+    pub lock_wait: std::time::Duration,
+    /// Re-run only the instances that failed in this earlier run.
+    pub only_failed: Option<String>,
 }
 
 /// The folder imports resolve against.
@@ -75,8 +85,17 @@ fn print_diagnostics(diags: &[Diagnostic]) {
     }
 }
 
-/// `run` and `plan`.
+/// `run` and `plan`, with the providers the inventory names.
 pub async fn run(opts: RunOptions) -> Outcome {
+    run_with(opts, providers::build).await
+}
+
+/// `run` with providers of the caller's choosing (tests use fakes).
+pub async fn run_with(
+    opts: RunOptions,
+    make: impl FnOnce(&Arc<Inventory>) -> crate::effects::Providers,
+) -> Outcome {
+    let started = std::time::Instant::now();
     let inventory = match Inventory::load(&opts.inventory) {
         Ok(inv) => Arc::new(inv),
         Err(e) => {
@@ -84,21 +103,40 @@ pub async fn run(opts: RunOptions) -> Outcome {
             return Outcome::Invalid;
         }
     };
+    let only = match &opts.only_failed {
+        None => None,
+        Some(run_id) => match failed_of(&opts.inventory, run_id) {
+            Ok(names) => Some(names),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Outcome::Invalid;
+            }
+        },
+    };
     let cancel = CancellationToken::new();
     let recorder = opts.dry_run.then(|| Arc::new(Recorder::new()));
     let effects = Arc::new(Effects::new(
         inventory.clone(),
-        providers::build(&inventory),
+        make(&inventory),
         recorder.clone(),
         cancel.clone(),
     ));
-    let ctx = Arc::new(ScriptContext::new(
+    let mut ctx = ScriptContext::new(
         effects.clone(),
         opts.vars.clone(),
         if opts.yes { Answers::Yes } else { Answers::Ask },
         tokio::runtime::Handle::current(),
-    ));
-    let host = Arc::new(Host::new(&script_dir(&opts.script), ctx));
+    );
+    if let Some(names) = only {
+        info!(
+            "re-running only the instances that failed in run {}: {}",
+            opts.only_failed.as_deref().unwrap_or_default(),
+            names.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        ctx = ctx.only(names);
+    }
+    let ctx = Arc::new(ctx);
+    let host = Arc::new(Host::new(&script_dir(&opts.script), ctx.clone()));
     let compiled = match host.compile(&opts.script) {
         Ok(c) => Arc::new(c),
         Err(diags) => {
@@ -107,13 +145,47 @@ pub async fn run(opts: RunOptions) -> Outcome {
         }
     };
 
-    let signals = tokio::spawn(watch_signals(cancel.clone()));
+    // Only now, with a script that compiles, take the lock and open a journal.
+    let mut lock = None;
+    if !opts.dry_run {
+        let inv_path = opts.inventory.clone();
+        let wait = opts.lock_wait;
+        match tokio::task::spawn_blocking(move || DeployLock::acquire(&inv_path, None, wait)).await
+        {
+            Ok(Ok(l)) => lock = Some(l),
+            Ok(Err(e @ LockError::Held(_))) => {
+                eprintln!("error: {e}");
+                return Outcome::Locked;
+            }
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                return Outcome::Invalid;
+            }
+            Err(e) => {
+                eprintln!("error: lock task failed: {e}");
+                return Outcome::Invalid;
+            }
+        }
+        match open_journal(&opts, &inventory) {
+            Ok(j) => effects.set_journal(Arc::new(j)),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot write the run journal under {}: {e}",
+                    journal::runs_dir(&opts.inventory).display()
+                );
+                return Outcome::Invalid;
+            }
+        }
+    }
+
+    let signals = tokio::spawn(watch_signals(effects.clone()));
     if !opts.dry_run {
         info!(
             script = %opts.script.display(),
             inventory = %opts.inventory.display(),
             instances = inventory.instances.len(),
             lb = effects.lb_kind(),
+            run = effects.journal().map(|j| j.run.as_str()).unwrap_or(""),
             "run started"
         );
     }
@@ -124,10 +196,9 @@ pub async fn run(opts: RunOptions) -> Outcome {
             .await
             .unwrap_or_else(|e| Err(Diagnostic::plain(format!("script thread panicked: {e}"))))
     };
-    signals.abort();
-    effects.close().await;
 
     if let Some(rec) = &recorder {
+        signals.abort();
         let header = format!(
             "Plan: {} against {} ({} instance{}, load balancer: {})",
             opts.script.display(),
@@ -141,56 +212,186 @@ pub async fn run(opts: RunOptions) -> Outcome {
             effects.lb_kind(),
         );
         print!("{}", render(&header, rec, &assumptions(&inventory)));
+        effects.close().await;
+        return match result {
+            Ok(_) => Outcome::Success,
+            Err(d) => {
+                eprint!("{}", d.render());
+                eprintln!("the plan stops here: the script fails at this step");
+                Outcome::Failed
+            }
+        };
     }
 
-    match result {
-        Ok(_) => {
-            if !opts.dry_run {
-                info!("run finished: success");
-            }
-            Outcome::Success
-        }
+    let outcome = match &result {
+        Ok(_) => Outcome::Success,
         Err(d) => {
             eprint!("{}", d.render());
-            let left = effects.out_of_service();
-            if !left.is_empty() && !opts.dry_run {
-                warn!(
-                    "left out of service by this run: {} — put them back with the LB or re-run",
-                    left.join(", ")
-                );
-            }
             if d.interrupted {
-                error!("run interrupted");
                 Outcome::Interrupted
             } else {
-                if opts.dry_run {
-                    eprintln!("the plan stops here: the script fails at this step");
-                }
                 Outcome::Failed
             }
         }
+    };
+
+    // Compensation: never leave an instance out silently. It gets its own
+    // cancellation phase so it can still wait after a first Ctrl-C.
+    let targets = effects.ledger.out_of_service();
+    if !targets.is_empty() {
+        effects.renew_cancel();
+        warn!(
+            "the run {} with {} instance(s) out of service: {} — compensating",
+            if outcome == Outcome::Success {
+                "ended"
+            } else {
+                "stopped"
+            },
+            targets.len(),
+            targets
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let effects2 = effects.clone();
+        let host2 = host.clone();
+        let ctx2 = ctx.clone();
+        let handle = tokio::runtime::Handle::current();
+        let _ = tokio::task::spawn_blocking(move || {
+            let hook = host2.compensation_hook(&ctx2);
+            let hook_ref = hook
+                .as_ref()
+                .map(|h| h as &(dyn Fn(&crate::config::Instance) -> Result<(), String> + Sync));
+            compensate::compensate(&effects2, &handle, &targets, hook_ref)
+        })
+        .await;
+    }
+    signals.abort();
+    effects.close().await;
+
+    let left_out = effects.out_of_service();
+    let outcome = if outcome == Outcome::Success && !left_out.is_empty() {
+        Outcome::Failed
+    } else {
+        outcome
+    };
+    if let Some(j) = effects.journal() {
+        j.best_effort(&Record::RunEnd {
+            at: journal::now(),
+            outcome: outcome_word(outcome).into(),
+            left_out: left_out.clone(),
+            failed: effects.ledger.failed(),
+        });
+    }
+    if !left_out.is_empty() {
+        error!(
+            "LEFT OUT of service by this run: {} (see the summary for why)",
+            left_out.join(", ")
+        );
+    }
+    eprint!(
+        "{}",
+        summary::render(
+            &effects.ledger.snapshot(),
+            started.elapsed(),
+            effects.journal().map(|j| j.path.as_path()),
+            outcome.exit_code(),
+            outcome.meaning()
+        )
+    );
+    drop(lock);
+    outcome
+}
+
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Failed => "failed",
+        Outcome::Interrupted => "interrupted",
+        Outcome::Invalid => "invalid",
+        Outcome::Locked => "locked",
     }
 }
 
+fn open_journal(opts: &RunOptions, inv: &Inventory) -> std::io::Result<Journal> {
+    let script_text = std::fs::read(&opts.script).unwrap_or_default();
+    Journal::create(&opts.inventory, |run| Record::RunStart {
+        run: run.to_string(),
+        at: journal::now(),
+        script: opts.script.display().to_string(),
+        script_sha256: hex::encode(sha2::Sha256::digest(&script_text)),
+        inventory: opts.inventory.display().to_string(),
+        inventory_sha256: inv.hash.clone(),
+        user: lock::current_user(),
+        host: lock::hostname(),
+        pid: std::process::id(),
+        args: std::env::args().map(|a| journal::redact(&a)).collect(),
+    })
+}
+
+/// The instances that failed in run `id`.
+fn failed_of(inventory: &Path, id: &str) -> Result<std::collections::BTreeSet<String>, String> {
+    let path = journal::find(inventory, id).ok_or_else(|| {
+        format!(
+            "--only-failed: no run {id:?} under {} (see `rollscript runs`)",
+            journal::runs_dir(inventory).display()
+        )
+    })?;
+    let records =
+        journal::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let s = journal::summarise(&records);
+    let mut names: std::collections::BTreeSet<String> = s.failed.into_iter().collect();
+    names.extend(s.left_out);
+    if names.is_empty() {
+        return Err(format!(
+            "--only-failed: no instance failed in run {}",
+            s.run
+        ));
+    }
+    Ok(names)
+}
+
 /// First Ctrl-C or SIGTERM: cancel (waits end, the script stops at the next
-/// statement). Second: exit at once.
-async fn watch_signals(cancel: CancellationToken) {
+/// statement, compensation runs). Second: stop now — the journal records which
+/// instances are out, for `rollscript recover`.
+async fn watch_signals(effects: Arc<Effects>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    let Ok(mut int) = signal(SignalKind::interrupt()) else {
         return;
     };
     let mut first = true;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
             _ = term.recv() => {},
         }
         if first {
-            warn!("interrupt received: stopping at the next safe point (again to stop now)");
-            cancel.cancel();
+            warn!("interrupt received: stopping at the next safe point, then compensating (again to stop now)");
+            effects.cancel_token().cancel();
             first = false;
         } else {
-            error!("second interrupt: stopping now");
+            let left = effects.out_of_service();
+            error!(
+                "second interrupt: stopping now; out of service: {} — run `rollscript recover`",
+                if left.is_empty() {
+                    "none".to_string()
+                } else {
+                    left.join(", ")
+                }
+            );
+            if let Some(j) = effects.journal() {
+                j.best_effort(&Record::RunEnd {
+                    at: journal::now(),
+                    outcome: "killed".into(),
+                    left_out: left,
+                    failed: effects.ledger.failed(),
+                });
+            }
+            let _ = lock::force_unlock_if_mine(&effects.inventory.path);
             std::process::exit(Outcome::Interrupted.exit_code() as i32);
         }
     }

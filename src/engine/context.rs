@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use rhai::Dynamic;
+#[allow(deprecated)]
+use rhai::{Dynamic, FnPtr, NativeCallContextStore};
 use tokio::runtime::Handle;
 
 use crate::effects::Effects;
@@ -27,6 +28,12 @@ pub struct ScriptContext {
     /// `once(key, fn)` results. One mutex per key so a second caller waits for
     /// the first to finish instead of running the step again.
     once: Mutex<HashMap<String, Arc<Mutex<Option<Dynamic>>>>>,
+    /// `on_compensate(f)`: the script's rollback step and the state (imports)
+    /// it needs, to call after the script itself has stopped.
+    #[allow(deprecated)]
+    pub(crate) hook: Mutex<Option<(FnPtr, NativeCallContextStore)>>,
+    /// `--only-failed`: the instances `instances()` returns, when set.
+    pub only: Option<std::collections::BTreeSet<String>>,
 }
 
 impl ScriptContext {
@@ -42,7 +49,15 @@ impl ScriptContext {
             answers,
             handle,
             once: Mutex::new(HashMap::new()),
+            hook: Mutex::new(None),
+            only: None,
         }
+    }
+
+    /// Restricts `instances()` to `names` (re-running only failed instances).
+    pub fn only(mut self, names: std::collections::BTreeSet<String>) -> Self {
+        self.only = Some(names);
+        self
     }
 
     /// Runs an async primitive from the script's blocking thread. The future is

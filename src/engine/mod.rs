@@ -77,9 +77,9 @@ impl Host {
         engine
             .on_debug(|s, src, pos| debug!(target: "script", "{}{pos:?}: {s}", src.unwrap_or("")));
         // Ctrl-C between statements; waits inside primitives watch the same token.
-        let token = ctx.effects.cancel_token().clone();
+        let effects = ctx.effects.clone();
         engine.on_progress(move |_ops| {
-            if token.is_cancelled() {
+            if effects.is_cancelled() {
                 Some(Dynamic::from("interrupted"))
             } else {
                 None
@@ -169,6 +169,32 @@ impl Host {
         self.engine
             .eval_ast_with_scope::<Dynamic>(&mut scope, &compiled.ast)
             .map_err(|e| Diagnostic::from_eval(&e, &compiled.file, &self.sources))
+    }
+}
+
+impl Host {
+    /// The script's `on_compensate` step as a plain closure, if it set one.
+    #[allow(deprecated)] // create_context: rhai marks it "volatile", not deprecated.
+    pub fn compensation_hook(
+        &self,
+        ctx: &ScriptContext,
+    ) -> Option<impl Fn(&crate::config::Instance) -> Result<(), String> + Sync + '_> {
+        let (f, store) = ctx.hook.lock().unwrap().clone()?;
+        let inventory = ctx.effects.inventory.clone();
+        let sources = self.sources.clone();
+        Some(move |inst: &crate::config::Instance| {
+            let call = store.create_context(&self.engine);
+            let map = convert::instance_map(&inventory, inst);
+            f.call_within_context::<Dynamic>(&call, (Dynamic::from(map),))
+                .map(|_| ())
+                .map_err(|e| {
+                    let d = Diagnostic::from_eval(&e, "", &sources);
+                    match &d.location {
+                        Some(at) => format!("on_compensate failed at {at}: {}", d.message),
+                        None => format!("on_compensate failed: {}", d.message),
+                    }
+                })
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod fake;
 pub mod haproxy;
 pub mod http;
 pub mod local;

@@ -26,6 +26,7 @@ Example: `for inst in instances() { info(inst.name); }`",
         let inv = &c.effects.inventory;
         inv.instances
             .iter()
+            .filter(|i| c.only.as_ref().is_none_or(|only| only.contains(&i.name)))
             .map(|i| Dynamic::from(instance_map(inv, i)))
             .collect()
     });

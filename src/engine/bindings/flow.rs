@@ -30,6 +30,20 @@ Example: `parallel(batch, 5, |inst| deploy_one(inst));`",
 
     let c = ctx.clone();
     func(
+        "on_compensate",
+        &["f: FnPtr"],
+        "Registers `f(inst)` as this script's rollback step for instances the run leaves out of service when it fails, is aborted or is interrupted (after a crash, `rollscript recover` uses the default step). `f` should roll the instance back and health-check it, throwing if it cannot; the runtime then puts the instance back into the load balancer and names every instance it leaves out. Without a hook the runtime runs `app.rollback` (if a command ran on the instance) and `health`.
+Example: `on_compensate(|inst| steps::rollback_one_checked(inst));`",
+    )
+    .register_into_engine(
+        engine,
+        move |ctx: NativeCallContext, f: FnPtr| {
+            set_hook(&c, &ctx, f);
+        },
+    );
+
+    let c = ctx.clone();
+    func(
         "once",
         &["key: String", "f: FnPtr", "Dynamic"],
         "Runs `f()` the first time `key` is seen in this run and returns its result; later calls with the same key return that result without running `f` again (also from other `parallel` branches, which wait for the first). A failed `f` is not remembered, so it may be retried.
@@ -48,6 +62,12 @@ Example: `once(\"migrate\", || ssh(instances()[0], inventory().app.migrate));`",
             Ok(v)
         },
     );
+}
+
+/// Registers the compensation hook (kept with the caller's imports).
+#[allow(deprecated)] // store_data: rhai marks it "volatile", not deprecated.
+fn set_hook(c: &ScriptContext, ctx: &NativeCallContext, f: FnPtr) {
+    *c.hook.lock().unwrap() = Some((f, ctx.store_data()));
 }
 
 #[allow(deprecated)] // store_data/create_context: rhai marks them "volatile", not deprecated.

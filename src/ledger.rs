@@ -1,0 +1,159 @@
+//! Per-instance bookkeeping of one run: what happened to each instance, how
+//! long it took and how much of that was waiting on the load balancer. The
+//! final summary, compensation and `--only-failed` read it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::primitives::ActionError;
+
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub steps: u32,
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+    /// Time spent in drain and in-service waits.
+    pub lb_wait: Duration,
+    /// Out of rotation because of this run.
+    pub out: bool,
+    /// A command ran while it was out (a deploy may be half done).
+    pub touched: bool,
+    /// A command succeeded while out and it went back in: updated.
+    pub updated: bool,
+    pub error: Option<String>,
+    /// What compensation did, if it ran.
+    pub compensation: Option<String>,
+    /// What the run is doing there now ("draining", "deploying"), for progress.
+    pub current: Option<&'static str>,
+}
+
+impl Entry {
+    pub fn outcome(&self) -> String {
+        match (&self.error, self.out, &self.compensation) {
+            (_, false, Some(c)) => format!("restored ({c})"),
+            (_, true, Some(c)) => format!("LEFT OUT: {c}"),
+            (Some(e), true, None) => format!("LEFT OUT: {e}"),
+            (Some(e), false, None) => format!("failed: {e}"),
+            (None, true, None) => "out of service".into(),
+            (None, false, None) if self.updated => "updated".into(),
+            (None, false, None) if self.steps > 0 => "ok".into(),
+            _ => "untouched".into(),
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    pub fn duration(&self) -> Duration {
+        match (self.first, self.last) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Ledger {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    order: Mutex<Vec<String>>,
+}
+
+impl Ledger {
+    pub fn new(instances: impl IntoIterator<Item = String>) -> Self {
+        let order: Vec<String> = instances.into_iter().collect();
+        Self {
+            entries: Mutex::new(
+                order
+                    .iter()
+                    .map(|n| (n.clone(), Entry::default()))
+                    .collect(),
+            ),
+            order: Mutex::new(order),
+        }
+    }
+
+    pub fn begin(&self, inst: &str, step: &'static str) {
+        let mut e = self.entries.lock().unwrap();
+        let entry = e.entry(inst.to_string()).or_default();
+        entry.first.get_or_insert_with(Instant::now);
+        entry.current = Some(step);
+    }
+
+    /// Records the end of `op` on `inst`.
+    pub fn finish(&self, inst: &str, op: &str, took: Duration, err: Option<&ActionError>) {
+        let mut e = self.entries.lock().unwrap();
+        let entry = e.entry(inst.to_string()).or_default();
+        entry.steps += 1;
+        entry.last = Some(Instant::now());
+        entry.current = None;
+        if matches!(op, "wait_drained" | "wait_in_service") {
+            entry.lb_wait += took;
+        }
+        match (op, err) {
+            (_, Some(err)) => {
+                let first_line = err
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                entry.error = Some(first_line);
+                if op == "ssh" && entry.out {
+                    entry.touched = true;
+                }
+            }
+            ("deregister", None) => entry.out = true,
+            ("ssh", None) if entry.out => entry.touched = true,
+            ("register", None) => {
+                if entry.touched {
+                    entry.updated = true;
+                }
+                entry.out = false;
+                entry.touched = false;
+            }
+            _ => {}
+        }
+    }
+
+    pub fn compensated(&self, inst: &str, restored: bool, detail: &str) {
+        let mut e = self.entries.lock().unwrap();
+        let entry = e.entry(inst.to_string()).or_default();
+        entry.compensation = Some(detail.to_string());
+        entry.out = !restored;
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, Entry)> {
+        let e = self.entries.lock().unwrap();
+        let order = self.order.lock().unwrap();
+        let mut out: Vec<(String, Entry)> = order
+            .iter()
+            .filter_map(|n| e.get(n).map(|x| (n.clone(), x.clone())))
+            .collect();
+        for (n, x) in e.iter() {
+            if !order.contains(n) {
+                out.push((n.clone(), x.clone()));
+            }
+        }
+        out
+    }
+
+    /// Instances out of rotation because of this run, with whether a command
+    /// ran on them since.
+    pub fn out_of_service(&self) -> Vec<(String, bool)> {
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, e)| e.out)
+            .map(|(n, e)| (n, e.touched))
+            .collect()
+    }
+
+    pub fn failed(&self) -> Vec<String> {
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, e)| e.failed())
+            .map(|(n, _)| n)
+            .collect()
+    }
+}

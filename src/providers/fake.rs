@@ -1,0 +1,221 @@
+//! In-memory fakes of every side-effect trait, for fast script-logic tests
+//! (compensation, capacity guard, journal, strategies' control flow). They
+//! record every call so a test can assert the exact sequence. Real components
+//! are tested separately against sshd, HAProxy, nginx and moto.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::Instance;
+use crate::effects::Providers;
+use crate::primitives::{
+    ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthCheck,
+    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, Transport,
+};
+
+/// Shared call log: `"deregister web-1"`, `"ssh web-2: ./deploy.sh"`, `"health web-1"`.
+#[derive(Default, Clone)]
+pub struct Calls(Arc<Mutex<Vec<String>>>);
+
+impl Calls {
+    pub fn push(&self, s: String) {
+        self.0.lock().unwrap().push(s);
+    }
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[derive(Default)]
+pub struct FakeLb {
+    pub calls: Calls,
+    /// Instance name → state; absent means in service.
+    pub states: Mutex<BTreeMap<String, MemberState>>,
+    /// `"deregister web-2"` → fail with this error.
+    pub failures: Mutex<BTreeMap<String, ActionError>>,
+    /// How long each wait takes (tokio time, so tests can pause the clock).
+    pub wait: Duration,
+}
+
+impl FakeLb {
+    fn op(&self, what: &str, inst: &Instance) -> ActionResult<()> {
+        let key = format!("{what} {}", inst.name);
+        self.calls.push(key.clone());
+        match self.failures.lock().unwrap().get(&key) {
+            Some(e) => Err(e.clone().host(inst.name.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn state_of(&self, name: &str) -> MemberState {
+        self.states
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or(MemberState::InService)
+    }
+}
+
+#[async_trait]
+impl LoadBalancer for FakeLb {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn describe(&self, op: LbOp, inst: &Instance) -> String {
+        format!("fake {}: {op:?}", inst.name)
+    }
+    async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
+        self.op("deregister", inst)?;
+        self.states
+            .lock()
+            .unwrap()
+            .insert(inst.name.clone(), MemberState::OutOfService);
+        Ok(())
+    }
+    async fn wait_drained(&self, inst: &Instance, _timeout: Duration) -> ActionResult<DrainReport> {
+        self.op("wait_drained", inst)?;
+        tokio::time::sleep(self.wait).await;
+        Ok(DrainReport {
+            waited: self.wait,
+            ..Default::default()
+        })
+    }
+    async fn register(&self, inst: &Instance) -> ActionResult<()> {
+        self.op("register", inst)?;
+        self.states
+            .lock()
+            .unwrap()
+            .insert(inst.name.clone(), MemberState::InService);
+        Ok(())
+    }
+    async fn wait_in_service(&self, inst: &Instance, _timeout: Duration) -> ActionResult<Duration> {
+        self.op("wait_in_service", inst)?;
+        tokio::time::sleep(self.wait).await;
+        Ok(self.wait)
+    }
+    async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
+        self.op(&format!("weight={weight}"), inst)
+    }
+    async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
+        Ok(self.state_of(&inst.name))
+    }
+    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+        Ok(fleet
+            .iter()
+            .filter(|i| self.state_of(&i.name) == MemberState::InService)
+            .count())
+    }
+}
+
+/// Commands always succeed unless a rule matches a substring of the command line.
+#[derive(Default)]
+pub struct FakeTransport {
+    pub calls: Calls,
+    /// (instance name or "*", substring of the command) → exit status and stderr.
+    pub rules: Mutex<Vec<(String, String, i32, String)>>,
+}
+
+impl FakeTransport {
+    pub fn fail(&self, instance: &str, contains: &str, status: i32, stderr: &str) {
+        self.rules
+            .lock()
+            .unwrap()
+            .push((instance.into(), contains.into(), status, stderr.into()));
+    }
+}
+
+#[async_trait]
+impl Transport for FakeTransport {
+    fn describe(&self, inst: &Instance, cmd: &Cmd) -> String {
+        format!("ssh {}: {}", inst.name, cmd.to_shell())
+    }
+    async fn exec(
+        &self,
+        inst: &Instance,
+        cmd: &Cmd,
+        _timeout: Duration,
+    ) -> ActionResult<ExecOutput> {
+        let line = cmd.to_shell();
+        self.calls.push(format!("ssh {}: {line}", inst.name));
+        let rules = self.rules.lock().unwrap().clone();
+        for (who, contains, status, stderr) in rules {
+            if (who == "*" || who == inst.name) && line.contains(&contains) {
+                return Ok(ExecOutput {
+                    status,
+                    stderr,
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(ExecOutput::default())
+    }
+}
+
+/// Healthy unless the URL is in `unhealthy`.
+#[derive(Default)]
+pub struct FakeHealth {
+    pub calls: Calls,
+    pub unhealthy: Mutex<BTreeSet<String>>,
+}
+
+#[async_trait]
+impl HealthCheck for FakeHealth {
+    async fn check(&self, probe: &HealthProbe) -> ActionResult<HealthReport> {
+        self.calls.push(format!("health {}", probe.url));
+        if self.unhealthy.lock().unwrap().contains(&probe.url) {
+            return Err(ActionError::new(
+                ErrorKind::HealthFailed,
+                format!(
+                    "not healthy: {} after {} attempts (503)",
+                    probe.url, probe.retries
+                ),
+            ));
+        }
+        Ok(HealthReport {
+            url: probe.url.clone(),
+            attempts: vec![Attempt {
+                at: Duration::ZERO,
+                outcome: "200".into(),
+                ok: true,
+                latency: Duration::ZERO,
+            }],
+            duration: Duration::ZERO,
+        })
+    }
+}
+
+/// A full set of fakes, and handles to inspect them.
+pub struct Fakes {
+    pub lb: Arc<FakeLb>,
+    pub ssh: Arc<FakeTransport>,
+    pub health: Arc<FakeHealth>,
+}
+
+impl Fakes {
+    pub fn new() -> Self {
+        Self {
+            lb: Arc::new(FakeLb::default()),
+            ssh: Arc::new(FakeTransport::default()),
+            health: Arc::new(FakeHealth::default()),
+        }
+    }
+
+    pub fn providers(&self) -> Providers {
+        Providers {
+            lb: self.lb.clone(),
+            ssh: self.ssh.clone(),
+            local: Arc::new(super::local::LocalTransport),
+            health: self.health.clone(),
+        }
+    }
+}
+
+impl Default for Fakes {
+    fn default() -> Self {
+        Self::new()
+    }
+}

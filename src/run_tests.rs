@@ -1,0 +1,326 @@
+//! Whole runs against in-memory fakes: compensation, journal, lock, capacity
+//! guard and recover, with the shipped rolling script.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::journal::{self, Record};
+use crate::lock;
+use crate::providers::fake::Fakes;
+use crate::run::{run_with, Outcome, RunOptions};
+
+const INVENTORY: &str = r#"
+[app]
+name = "demo"
+deploy = "./deploy.sh"
+rollback = "./rollback.sh"
+[health]
+port = 4000
+[lb]
+kind = "none"
+min_in_service = MIN
+[[instances]]
+name = "web-1"
+host = "127.0.0.1"
+[[instances]]
+name = "web-2"
+host = "127.0.0.2"
+[[instances]]
+name = "web-3"
+host = "127.0.0.3"
+"#;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(min_in_service: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rollscript.toml"),
+            INVENTORY.replace("MIN", min_in_service),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn inventory(&self) -> PathBuf {
+        self.dir.path().join("rollscript.toml")
+    }
+
+    fn opts(&self, vars: &[(&str, &str)]) -> RunOptions {
+        RunOptions {
+            script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/rolling.rhai"),
+            inventory: self.inventory(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            dry_run: false,
+            yes: true,
+            lock_wait: Duration::ZERO,
+            only_failed: None,
+        }
+    }
+
+    fn journal(&self) -> Vec<Record> {
+        let files = journal::list(&self.inventory());
+        assert_eq!(files.len(), 1, "one journal per run");
+        journal::read(&files[0]).unwrap()
+    }
+}
+
+fn run(env: &Env, fakes: &Fakes, vars: &[(&str, &str)]) -> Outcome {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let providers = fakes.providers();
+    rt.block_on(run_with(env.opts(vars), move |_| providers))
+}
+
+fn end_of(records: &[Record]) -> (String, Vec<String>, Vec<String>) {
+    match records.last().unwrap() {
+        Record::RunEnd {
+            outcome,
+            left_out,
+            failed,
+            ..
+        } => (outcome.clone(), left_out.clone(), failed.clone()),
+        other => panic!("last record is not run_end: {other:?}"),
+    }
+}
+
+#[test]
+fn rolling_success_journals_every_effect_and_releases_the_lock() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    assert_eq!(run(&env, &fakes, &[]), Outcome::Success);
+    assert_eq!(
+        fakes.lb.calls.all(),
+        ["web-1", "web-2", "web-3"]
+            .iter()
+            .flat_map(
+                |n| ["deregister", "wait_drained", "register", "wait_in_service"]
+                    .map(|op| format!("{op} {n}"))
+            )
+            .collect::<Vec<_>>()
+    );
+    let records = env.journal();
+    assert!(
+        matches!(&records[0], Record::RunStart { script, .. } if script.ends_with("rolling.rhai"))
+    );
+    let intents = records
+        .iter()
+        .filter(|r| matches!(r, Record::Intent { .. }))
+        .count();
+    let results = records
+        .iter()
+        .filter(|r| matches!(r, Record::Result { ok: true, .. }))
+        .count();
+    assert_eq!(
+        (intents, results),
+        (18, 18),
+        "6 effects per instance, each with a result"
+    );
+    assert_eq!(end_of(&records), ("success".into(), vec![], vec![]));
+    assert!(lock::holder(&env.inventory()).is_none(), "lock released");
+}
+
+#[test]
+fn a_failed_deploy_is_rolled_back_and_put_back_when_healthy() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    fakes.ssh.fail("web-2", "deploy.sh", 7, "migration pending");
+    assert_eq!(run(&env, &fakes, &[]), Outcome::Failed);
+    let ssh = fakes.ssh.calls.all();
+    assert!(
+        ssh.contains(&"ssh web-2: ./rollback.sh".to_string()),
+        "{ssh:?}"
+    );
+    // The rollout stopped at web-2: web-3 was never touched.
+    assert!(!fakes.lb.calls.all().iter().any(|c| c.ends_with("web-3")));
+    assert_eq!(
+        fakes.lb.state_of("web-2"),
+        crate::primitives::MemberState::InService
+    );
+    let records = env.journal();
+    assert!(records.iter().any(
+        |r| matches!(r, Record::Compensation { instance, restored: true, detail, .. }
+        if instance == "web-2" && detail == "rolled back, healthy; back in service")
+    ));
+    let (outcome, left_out, failed) = end_of(&records);
+    assert_eq!((outcome.as_str(), left_out.len()), ("failed", 0));
+    assert_eq!(failed, vec!["web-2"]);
+}
+
+#[test]
+fn an_unhealthy_instance_is_left_out_and_named() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    fakes.ssh.fail("web-1", "deploy.sh", 1, "boom");
+    fakes
+        .health
+        .unhealthy
+        .lock()
+        .unwrap()
+        .insert("http://127.0.0.1:4000/health".into());
+    assert_eq!(run(&env, &fakes, &[]), Outcome::Failed);
+    assert_eq!(
+        fakes.lb.state_of("web-1"),
+        crate::primitives::MemberState::OutOfService
+    );
+    let (_, left_out, _) = end_of(&env.journal());
+    assert_eq!(left_out, vec!["web-1"]);
+}
+
+#[test]
+fn the_capacity_guard_refuses_whatever_the_script_says() {
+    let env = Env::new("3");
+    let fakes = Fakes::new();
+    assert_eq!(run(&env, &fakes, &[("batch", "100%")]), Outcome::Failed);
+    assert!(
+        !fakes
+            .lb
+            .calls
+            .all()
+            .iter()
+            .any(|c| c.starts_with("deregister")),
+        "{:?}",
+        fakes.lb.calls.all()
+    );
+    let records = env.journal();
+    assert!(records
+        .iter()
+        .all(|r| !matches!(r, Record::Intent { op, .. } if op == "deregister")));
+}
+
+#[test]
+fn max_failures_lets_the_rollout_continue_within_budget() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    fakes.ssh.fail("web-1", "deploy.sh", 1, "boom");
+    assert_eq!(run(&env, &fakes, &[("max_failures", "1")]), Outcome::Failed);
+    // web-1 failed within budget: web-2 and web-3 were still deployed.
+    let ssh = fakes.ssh.calls.all();
+    assert!(
+        ssh.contains(&"ssh web-3: ./deploy.sh".to_string()),
+        "{ssh:?}"
+    );
+}
+
+#[test]
+fn a_live_lock_holder_stops_a_second_run_with_exit_3() {
+    let env = Env::new("1");
+    let mut holder = lock::Holder::me(Some("other".into()));
+    holder.pid = 1; // init: alive, not us
+    std::fs::create_dir_all(lock::lock_path(&env.inventory()).parent().unwrap()).unwrap();
+    std::fs::write(
+        lock::lock_path(&env.inventory()),
+        serde_json::to_string(&holder).unwrap(),
+    )
+    .unwrap();
+    let fakes = Fakes::new();
+    assert_eq!(run(&env, &fakes, &[]), Outcome::Locked);
+    assert!(fakes.lb.calls.all().is_empty(), "nothing touched");
+    assert!(
+        journal::list(&env.inventory()).is_empty(),
+        "no journal for a run that never started"
+    );
+}
+
+#[test]
+fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
+    let env = Env::new("1");
+    // A run that died (pid not alive) after deregistering web-2 and starting its deploy.
+    let dir = journal::runs_dir(&env.inventory());
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = Record::RunStart {
+        run: "20260101T000000Z-1".into(),
+        at: journal::now(),
+        script: "scripts/rolling.rhai".into(),
+        script_sha256: String::new(),
+        inventory: env.inventory().display().to_string(),
+        inventory_sha256: String::new(),
+        user: "ops".into(),
+        host: lock::hostname(),
+        pid: 4_000_000,
+        args: vec![],
+    };
+    let lines = [
+        serde_json::to_string(&start).unwrap(),
+        r#"{"type":"intent","seq":1,"at":"","op":"deregister","instance":"web-2","text":""}"#
+            .into(),
+        r#"{"type":"result","seq":1,"at":"","ok":true,"duration_ms":1}"#.into(),
+        r#"{"type":"intent","seq":2,"at":"","op":"ssh","instance":"web-2","text":""}"#.into(),
+    ];
+    std::fs::write(
+        dir.join("20260101T000000Z-1.jsonl"),
+        lines.join("\n") + "\n",
+    )
+    .unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fakes = Fakes::new();
+    let p = fakes.providers();
+    assert_eq!(
+        rt.block_on(crate::recover::recover_with(
+            &env.inventory(),
+            None,
+            move |_| p
+        )),
+        Outcome::Success
+    );
+    assert_eq!(fakes.ssh.calls.all(), vec!["ssh web-2: ./rollback.sh"]);
+    assert_eq!(
+        fakes.lb.calls.all(),
+        vec!["register web-2", "wait_in_service web-2"]
+    );
+
+    let again = Fakes::new();
+    let p = again.providers();
+    assert_eq!(
+        rt.block_on(crate::recover::recover_with(
+            &env.inventory(),
+            None,
+            move |_| p
+        )),
+        Outcome::Success
+    );
+    assert!(
+        again.lb.calls.all().is_empty() && again.ssh.calls.all().is_empty(),
+        "second recover changes nothing"
+    );
+    assert!(lock::holder(&env.inventory()).is_none());
+    let _ = Path::new("");
+}
+
+#[test]
+fn past_max_failures_updated_instances_are_rolled_back_too() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    fakes.ssh.fail("web-2", "deploy.sh", 1, "boom");
+    assert_eq!(run(&env, &fakes, &[]), Outcome::Failed);
+    assert_eq!(
+        fakes.ssh.calls.all(),
+        vec![
+            "ssh web-1: ./deploy.sh",
+            "ssh web-2: ./deploy.sh",
+            "ssh web-1: ./rollback.sh", // the runbook's full rollback, by the script
+            "ssh web-2: ./rollback.sh", // compensation of the failed one, by the runtime
+        ]
+    );
+    let lb = fakes.lb.calls.all();
+    assert_eq!(
+        lb.iter().filter(|c| *c == "deregister web-1").count(),
+        2,
+        "{lb:?}"
+    );
+    assert!(fakes.lb.calls.all().iter().all(|c| !c.ends_with("web-3")));
+    for n in ["web-1", "web-2", "web-3"] {
+        assert_eq!(
+            fakes.lb.state_of(n),
+            crate::primitives::MemberState::InService,
+            "{n}"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! The run summary printed at the end: each instance's outcome, steps and
+//! time, the time spent waiting on the load balancer against what the
+//! runbook's fixed sleeps would have cost, and where the journal is.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::format_duration;
+use crate::ledger::Entry;
+use crate::plan::format_duration_long;
+
+/// The runbook waits `sleep 60` after deregistering and again after
+/// registering: two minutes per instance, whatever the LB says.
+pub const RUNBOOK_SLEEPS_PER_INSTANCE: Duration = Duration::from_secs(120);
+
+pub fn render(
+    entries: &[(String, Entry)],
+    elapsed: Duration,
+    journal: Option<&Path>,
+    exit_code: u8,
+    meaning: &str,
+) -> String {
+    let mut out = String::new();
+    let name_w = entries
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let touched: Vec<&(String, Entry)> = entries
+        .iter()
+        .filter(|(_, e)| e.steps > 0 || e.compensation.is_some())
+        .collect();
+    writeln!(out, "\nSummary").unwrap();
+    writeln!(
+        out,
+        "  {:<name_w$}  {:>5}  {:>8}  {:>8}  outcome",
+        "instance", "steps", "time", "lb wait"
+    )
+    .unwrap();
+    for (name, e) in entries {
+        writeln!(
+            out,
+            "  {:<name_w$}  {:>5}  {:>8}  {:>8}  {}",
+            name,
+            e.steps,
+            format_duration_short(e.duration()),
+            format_duration_short(e.lb_wait),
+            e.outcome()
+        )
+        .unwrap();
+    }
+    let lb_wait: Duration = entries.iter().map(|(_, e)| e.lb_wait).sum();
+    let cycled = entries
+        .iter()
+        .filter(|(_, e)| e.lb_wait > Duration::ZERO)
+        .count() as u32;
+    if cycled > 0 {
+        let sleeps = RUNBOOK_SLEEPS_PER_INSTANCE * cycled;
+        writeln!(
+            out,
+            "  waited on the load balancer {} in all, against {} of fixed `sleep 60`s in the runbook ({} saved)",
+            format_duration_long(lb_wait),
+            format_duration_long(sleeps),
+            format_duration_long(sleeps.saturating_sub(lb_wait)),
+        )
+        .unwrap();
+    }
+    writeln!(
+        out,
+        "  {} of {} instances touched in {}",
+        touched.len(),
+        entries.len(),
+        format_duration_long(elapsed)
+    )
+    .unwrap();
+    if let Some(j) = journal {
+        writeln!(out, "  journal: {}", j.display()).unwrap();
+    }
+    writeln!(out, "  exit {exit_code}: {meaning}").unwrap();
+    out
+}
+
+fn format_duration_short(d: Duration) -> String {
+    if d.is_zero() {
+        "-".into()
+    } else if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format_duration(Duration::from_secs(d.as_secs()))
+    }
+}
