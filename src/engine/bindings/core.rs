@@ -114,24 +114,28 @@ Example: `sleep(\"30s\");`",
         c.block_on(c.effects.sleep(d)).map_err(throw)
     });
 
+    // In a plan the script's own progress messages would describe work that
+    // did not happen: they are demoted to debug there. Warnings still show.
+    let c = ctx.clone();
     func(
         "info",
         &["message: String"],
         "Logs `message` at info level.\nExample: `info(`batch ${n} done`);`",
     )
-    .register_into_engine(engine, |msg: &str| info!(target: "script", "{msg}"));
+    .register_into_engine(engine, move |msg: &str| script_info(&c, msg));
     func(
         "warn",
         &["message: String"],
         "Logs `message` as a warning.\nExample: `warn(\"canary is slow\");`",
     )
     .register_into_engine(engine, |msg: &str| warn!(target: "script", "{msg}"));
+    let c = ctx.clone();
     func(
         "log",
         &["message: String"],
         "Logs `message` at info level (same as `info`).\nExample: `log(\"starting\");`",
     )
-    .register_into_engine(engine, |msg: &str| info!(target: "script", "{msg}"));
+    .register_into_engine(engine, move |msg: &str| script_info(&c, msg));
 
     let c = ctx.clone();
     func(
@@ -171,6 +175,14 @@ Example: `ssh(inst, \"./deploy.sh \" + sh_quote(version));`",
         "True during `rollscript plan` / `--dry-run`, when no step acts.\nExample: `if !dry_run() { notify(url, \"done\"); }`",
     )
     .register_into_engine(engine, move || -> bool { c.effects.is_dry_run() });
+}
+
+fn script_info(c: &ScriptContext, msg: &str) {
+    if c.effects.is_dry_run() {
+        tracing::debug!(target: "script", "{msg}");
+    } else {
+        info!(target: "script", "{msg}");
+    }
 }
 
 fn inventory_map(c: &ScriptContext) -> Map {
