@@ -74,6 +74,9 @@ pub enum Command {
         /// Wait up to this long for another run's deploy lock (e.g. 10m) instead of exiting 3.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, default_value = "0s")]
         lock_wait: std::time::Duration,
+        /// Ask before each mutating step (yes / no / all / abort), showing it as the plan prints it.
+        #[arg(long, conflicts_with = "dry_run")]
+        step: bool,
         /// Re-run only the instances that failed (or were left out) in run RUN.
         #[arg(long, value_name = "RUN")]
         only_failed: Option<String>,
@@ -100,6 +103,9 @@ pub enum Command {
         /// The checked-in docs/api.md.
         #[arg(long)]
         markdown: bool,
+        /// Write `.d.rhai` definition files for editor completion into DIR.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["json", "markdown"])]
+        definitions: Option<PathBuf>,
     },
     /// After rollscript itself died (kill -9, power loss): put back what its run left out of service, release the lock.
     #[command(

@@ -64,6 +64,14 @@ pub struct Effects {
     journal: std::sync::OnceLock<Arc<Journal>>,
     /// Per-instance bookkeeping: out of service, touched, failed, timings.
     pub ledger: Ledger,
+    step_mode: std::sync::Mutex<StepMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepMode {
+    Off,
+    Ask,
+    All,
 }
 
 impl Effects {
@@ -81,6 +89,7 @@ impl Effects {
             cancel: RwLock::new(cancel),
             journal: std::sync::OnceLock::new(),
             ledger,
+            step_mode: std::sync::Mutex::new(StepMode::Off),
         }
     }
 
@@ -159,6 +168,9 @@ impl Effects {
         text: &str,
         fut: impl Future<Output = ActionResult<T>>,
     ) -> ActionResult<T> {
+        if op != "notify" && op != "health" {
+            self.step_gate(text)?;
+        }
         let name = inst.map(|i| i.name.as_str());
         let seq = self.journal.get().map(|j| j.intent(op, name, text));
         if let Some(n) = name {
@@ -509,6 +521,72 @@ impl Effects {
             Ok(())
         })
         .await
+    }
+
+    /// Turns on `--step`: every mutating step asks first.
+    pub fn enable_step_mode(&self) {
+        *self.step_mode.lock().unwrap() = StepMode::Ask;
+    }
+
+    /// `--step`: asks before a mutating step (yes / no / all / abort). One
+    /// prompt at a time, even from `parallel` branches.
+    fn step_gate(&self, text: &str) -> ActionResult<()> {
+        let mut mode = self.step_mode.lock().unwrap();
+        if *mode != StepMode::Ask {
+            return Ok(());
+        }
+        let answer = crate::ui::suspend(|| {
+            use std::io::{BufRead, Write};
+            let mut err = std::io::stderr();
+            let _ = write!(err, "next step: {text}\n  run it? [y]es / [n]o, skip it / [a]ll, stop asking / a[b]ort: ");
+            let _ = err.flush();
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            line.trim().to_ascii_lowercase()
+        });
+        match answer.as_str() {
+            "y" | "yes" | "" => Ok(()),
+            "a" | "all" => {
+                *mode = StepMode::All;
+                Ok(())
+            }
+            "n" | "no" => Err(ActionError::new(
+                ErrorKind::Cancelled,
+                format!("skipped by the operator: {text}"),
+            )),
+            _ => {
+                drop(mode);
+                self.cancel_token().cancel();
+                Err(ActionError::cancelled())
+            }
+        }
+    }
+
+    /// Posts `message` to a Slack-compatible webhook; failure is a warning.
+    pub async fn notify(&self, url: &str, message: &str) -> bool {
+        let text = format!("notify {}: {message:?}", crate::journal::redact(url));
+        if self.record(text.clone(), Estimate::default()) {
+            return true;
+        }
+        let r = self
+            .act("notify", None, &text, async {
+                crate::providers::http::notify(url, message)
+                    .await
+                    .map_err(|e| {
+                        ActionError::new(
+                            ErrorKind::Unreachable,
+                            format!("notification not delivered: {e}"),
+                        )
+                    })
+            })
+            .await;
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("{e} (the deploy goes on)");
+                false
+            }
+        }
     }
 
     /// A plan note (e.g. `confirm` prompts) — no time, no effect.

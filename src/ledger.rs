@@ -24,9 +24,13 @@ pub struct Entry {
     pub error: Option<String>,
     /// What compensation did, if it ran.
     pub compensation: Option<String>,
-    /// What the run is doing there now ("draining", "deploying"), for progress.
+    /// What the run is doing there now (an op name), for progress.
     pub current: Option<&'static str>,
+    pub step_started: Option<Instant>,
 }
+
+/// The ledger at one instant, in inventory order.
+pub type Snapshot = Vec<(String, Entry)>;
 
 impl Entry {
     pub fn outcome(&self) -> String {
@@ -44,6 +48,12 @@ impl Entry {
 
     pub fn failed(&self) -> bool {
         self.error.is_some()
+    }
+
+    /// Done with, one way or another: updated, failed, or compensated.
+    pub fn finished(&self) -> bool {
+        self.current.is_none()
+            && (self.updated || self.error.is_some() || self.compensation.is_some())
     }
 
     pub fn duration(&self) -> Duration {
@@ -79,6 +89,7 @@ impl Ledger {
         let entry = e.entry(inst.to_string()).or_default();
         entry.first.get_or_insert_with(Instant::now);
         entry.current = Some(step);
+        entry.step_started = Some(Instant::now());
     }
 
     /// Records the end of `op` on `inst`.
@@ -88,6 +99,7 @@ impl Ledger {
         entry.steps += 1;
         entry.last = Some(Instant::now());
         entry.current = None;
+        entry.step_started = None;
         if matches!(op, "wait_drained" | "wait_in_service") {
             entry.lb_wait += took;
         }
@@ -124,7 +136,7 @@ impl Ledger {
         entry.out = !restored;
     }
 
-    pub fn snapshot(&self) -> Vec<(String, Entry)> {
+    pub fn snapshot(&self) -> Snapshot {
         let e = self.entries.lock().unwrap();
         let order = self.order.lock().unwrap();
         let mut out: Vec<(String, Entry)> = order

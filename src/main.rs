@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             dry_run,
             yes,
             lock_wait,
+            step,
             only_failed,
         } => runtime.block_on(run::run(RunOptions {
             script,
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             yes,
             lock_wait,
             only_failed,
+            step,
         })),
         Command::Plan { script } => runtime.block_on(run::run(RunOptions {
             script,
@@ -43,9 +45,14 @@ fn main() -> ExitCode {
             yes: true,
             lock_wait: Duration::ZERO,
             only_failed: None,
+            step: false,
         })),
         Command::Check { scripts } => runtime.block_on(async { run::check(&scripts) }),
-        Command::Api { json, markdown } => {
+        Command::Api {
+            definitions: Some(dir),
+            ..
+        } => runtime.block_on(async { run::api_definitions(&dir) }),
+        Command::Api { json, markdown, .. } => {
             let format = match (json, markdown) {
                 (true, _) => ApiFormat::Json,
                 (_, true) => ApiFormat::Markdown,

@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub lock_wait: std::time::Duration,
     /// Re-run only the instances that failed in this earlier run.
     pub only_failed: Option<String>,
+    /// Ask before each mutating step.
+    pub step: bool,
 }
 
 /// The folder imports resolve against.
@@ -121,6 +123,9 @@ pub async fn run_with(
         recorder.clone(),
         cancel.clone(),
     ));
+    if opts.step {
+        effects.enable_step_mode();
+    }
     let mut ctx = ScriptContext::new(
         effects.clone(),
         opts.vars.clone(),
@@ -189,6 +194,10 @@ pub async fn run_with(
             "run started"
         );
     }
+    let progress = (!opts.dry_run).then(|| {
+        let e = effects.clone();
+        crate::ui::Progress::start(Arc::new(move || e.ledger.snapshot()), ctx.instance_count())
+    });
     let result = {
         let host = host.clone();
         let compiled = compiled.clone();
@@ -226,7 +235,7 @@ pub async fn run_with(
     let outcome = match &result {
         Ok(_) => Outcome::Success,
         Err(d) => {
-            eprint!("{}", d.render());
+            crate::ui::eprint_above(&d.render());
             if d.interrupted {
                 Outcome::Interrupted
             } else {
@@ -269,6 +278,9 @@ pub async fn run_with(
     }
     signals.abort();
     effects.close().await;
+    if let Some(p) = progress {
+        p.finish();
+    }
 
     let left_out = effects.out_of_service();
     let outcome = if outcome == Outcome::Success && !left_out.is_empty() {
@@ -480,4 +492,17 @@ pub fn api(format: ApiFormat) -> String {
         ApiFormat::Json => serde_json::to_string_pretty(&fns).expect("serialises") + "\n",
         ApiFormat::Markdown => engine::api::render_markdown(&fns),
     }
+}
+
+/// `api --definitions DIR`: `.d.rhai` files for editor completion.
+pub fn api_definitions(dir: &Path) -> Outcome {
+    let host = offline_host(Path::new("."));
+    if let Err(e) =
+        std::fs::create_dir_all(dir).and_then(|_| host.engine().definitions().write_to_dir(dir))
+    {
+        eprintln!("error: cannot write definitions to {}: {e}", dir.display());
+        return Outcome::Invalid;
+    }
+    println!("wrote Rhai definition files to {}", dir.display());
+    Outcome::Success
 }

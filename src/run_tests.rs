@@ -62,6 +62,7 @@ impl Env {
             yes: true,
             lock_wait: Duration::ZERO,
             only_failed: None,
+            step: false,
         }
     }
 

@@ -1,13 +1,31 @@
-//! Terminal output: the log subscriber (text or JSON on stderr) and prompts.
+//! Terminal output: the log subscriber (text or JSON on stderr), live
+//! progress bars when stderr is a terminal, and prompts that pause them.
+//!
+//! Log lines go through [`LineWriter`], which prints each line with the bars
+//! suspended, so lines appear above the bars and never tear them. Without a
+//! terminal there are no bars and no control codes: plain timestamped lines.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::format_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
+}
+
+/// The bars' owner, when stderr is a terminal and the format is text.
+static MULTI: OnceLock<MultiProgress> = OnceLock::new();
+
+fn multi() -> Option<&'static MultiProgress> {
+    MULTI.get()
 }
 
 /// Installs the global subscriber. `verbosity`: -1 quiet, 0 normal, 1+ verbose.
@@ -20,16 +38,22 @@ pub fn init_logging(format: Format, verbosity: i8) {
     };
     let filter = EnvFilter::try_from_env("ROLLSCRIPT_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{level},aws=warn,hyper=warn,reqwest=warn,rustls=warn,h2=warn"
+            "{level},aws=warn,aws_smithy_runtime=warn,aws_config=warn,hyper=warn,reqwest=warn,rustls=warn,h2=warn"
         ))
     });
     let timer = fmt::time::UtcTime::new(time::macros::format_description!(
         "[hour]:[minute]:[second].[subsecond digits:3]"
     ));
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let tty = std::io::stderr().is_terminal();
+    let color = tty && std::env::var_os("NO_COLOR").is_none();
+    if tty && format == Format::Text && verbosity >= 0 {
+        let _ = MULTI.set(MultiProgress::with_draw_target(
+            ProgressDrawTarget::stderr_with_hz(10),
+        ));
+    }
     let builder = fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(LineWriter)
         .with_timer(timer);
     let _ = match format {
         Format::Json => builder
@@ -41,8 +65,168 @@ pub fn init_logging(format: Format, verbosity: i8) {
     };
 }
 
-/// Runs `f` (a prompt) with live output paused, so the question is not
-/// overwritten by progress lines.
+/// A writer that hands each complete line to stderr with the bars suspended.
+#[derive(Clone, Copy)]
+pub struct LineWriter;
+
+pub struct LineBuffer(Vec<u8>);
+
+impl Write for LineBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineBuffer {
+    fn drop(&mut self) {
+        let bytes = std::mem::take(&mut self.0);
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&bytes);
+        };
+        match multi() {
+            Some(m) => m.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LineWriter {
+    type Writer = LineBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        LineBuffer(Vec::with_capacity(256))
+    }
+}
+
+/// Runs `f` (a prompt) with the bars hidden, so the question is not
+/// overwritten by a redraw.
 pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
-    f()
+    match multi() {
+        Some(m) => m.suspend(f),
+        None => f(),
+    }
+}
+
+/// Prints `text` to stderr above the bars.
+pub fn eprint_above(text: &str) {
+    suspend(|| {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    });
+}
+
+/// Live progress of a run: an overall bar and one line per active instance,
+/// refreshed from the ledger. A no-op without a terminal.
+pub struct Progress {
+    stop: Arc<Mutex<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// `estimate`: the plan's typical duration, for the ETA before any instance finished.
+    pub fn start(
+        ledger: Arc<dyn Fn() -> crate::ledger::Snapshot + Send + Sync>,
+        total: usize,
+    ) -> Self {
+        let stop = Arc::new(Mutex::new(false));
+        let Some(m) = multi() else {
+            return Self { stop, thread: None };
+        };
+        let overall = m.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} instances · {elapsed_precise} elapsed · {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        let stop2 = stop.clone();
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let mut lines: Vec<ProgressBar> = Vec::new();
+            loop {
+                let snap = ledger();
+                let done = snap.iter().filter(|(_, e)| e.finished()).count();
+                overall.set_position(done as u64);
+                let eta = if done > 0 && done < total {
+                    let per = started.elapsed() / done as u32;
+                    format!(
+                        "ETA {}",
+                        format_duration(Duration::from_secs(
+                            (per * (total - done) as u32).as_secs()
+                        ))
+                    )
+                } else {
+                    String::new()
+                };
+                overall.set_message(eta);
+                let active: Vec<String> = snap
+                    .iter()
+                    .filter_map(|(n, e)| {
+                        e.current.map(|step| {
+                            let since = e.step_started.map(|t| t.elapsed()).unwrap_or_default();
+                            format!(
+                                "{n} · {} {}",
+                                step_word(step),
+                                format_duration(Duration::from_secs(since.as_secs()))
+                            )
+                        })
+                    })
+                    .collect();
+                while lines.len() < active.len() {
+                    let pb = m.add(ProgressBar::new_spinner());
+                    pb.set_style(
+                        ProgressStyle::with_template("  {spinner} {msg}").expect("valid template"),
+                    );
+                    lines.push(pb);
+                }
+                while lines.len() > active.len() {
+                    let pb = lines.pop().unwrap();
+                    pb.finish_and_clear();
+                    m.remove(&pb);
+                }
+                for (pb, text) in lines.iter().zip(active) {
+                    pb.set_message(text);
+                    pb.tick();
+                }
+                if *stop2.lock().unwrap() {
+                    for pb in lines {
+                        pb.finish_and_clear();
+                        m.remove(&pb);
+                    }
+                    overall.finish_and_clear();
+                    m.remove(&overall);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) {
+        *self.stop.lock().unwrap() = true;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn step_word(op: &str) -> &str {
+    match op {
+        "deregister" => "deregistering",
+        "wait_drained" => "draining",
+        "ssh" => "running command",
+        "health" => "health check",
+        "register" => "registering",
+        "wait_in_service" => "waiting for LB health",
+        "set_weight" => "setting weight",
+        other => other,
+    }
 }

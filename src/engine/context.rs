@@ -54,6 +54,14 @@ impl ScriptContext {
         }
     }
 
+    /// How many instances `instances()` returns.
+    pub fn instance_count(&self) -> usize {
+        match &self.only {
+            Some(only) => only.len(),
+            None => self.effects.inventory.instances.len(),
+        }
+    }
+
     /// Restricts `instances()` to `names` (re-running only failed instances).
     pub fn only(mut self, names: std::collections::BTreeSet<String>) -> Self {
         self.only = Some(names);

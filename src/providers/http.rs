@@ -1,4 +1,6 @@
-//! HTTP health checks with `reqwest` (rustls).
+//! HTTP health checks with `reqwest` (rustls): one fresh connection per
+//! attempt, a per-attempt timeout, `healthy_threshold` successes in a row, and
+//! on failure a summary of what every attempt saw.
 
 use std::time::{Duration, Instant};
 
@@ -67,26 +69,41 @@ impl Default for HttpHealth {
     }
 }
 
+/// One attempt's failure in a few words: `connection refused`, `timeout
+/// after 2s`, `connection closed without a response`, …
 fn describe_error(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("timeout after {}", format_duration(timeout));
     }
+    let mut innermost = e.to_string();
     let mut src: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-                _ => io.to_string(),
-            };
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                std::io::ErrorKind::TimedOut => {
+                    return format!("timeout after {}", format_duration(timeout))
+                }
+                _ => {}
+            }
         }
+        innermost = s.to_string();
         src = s.source();
     }
-    let text = e.to_string();
-    if text.contains("dns error") || text.contains("failed to lookup") {
+    let text = innermost.to_lowercase();
+    if text.contains("dns error")
+        || text.contains("failed to lookup")
+        || text.contains("name or service not known")
+        || text.contains("no address associated")
+    {
         return "host name does not resolve".into();
     }
-    text
+    // hyper: "connection closed before message completed".
+    if text.contains("connection closed before message completed") {
+        return "connection closed without a response".into();
+    }
+    innermost
 }
 
 #[async_trait]
@@ -117,13 +134,20 @@ impl HealthCheck for HttpHealth {
                 });
             }
         }
+        let body = probe
+            .expect_body
+            .as_ref()
+            .map(|b| format!(" with a body containing {b:?}"))
+            .unwrap_or_default();
         Err(ActionError::new(
             ErrorKind::HealthFailed,
             format!(
-                "not healthy: {} after {} attempts over {} ({})",
+                "{} not healthy after {} attempts over {}: expected {}{body}, {} in a row; saw {}",
                 probe.url,
                 attempts.len(),
                 format_duration(started.elapsed()),
+                probe.expect_status,
+                probe.healthy_threshold,
                 summarise(&attempts)
             ),
         )
@@ -157,4 +181,34 @@ pub fn summarise(attempts: &[Attempt]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", then ")
+}
+
+/// Posts a Slack-compatible webhook (`{"text": message}`): 5 s per attempt,
+/// 3 attempts with backoff. A notification that cannot be delivered is a
+/// warning, never a failed deploy, so this returns the last error as text.
+pub async fn notify(url: &str, message: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .user_agent(concat!("rollscript/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::json!({ "text": message }).to_string();
+    let mut last = String::new();
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;
+        }
+        match client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
+            Err(e) => last = describe_error(&e, Duration::from_secs(5)),
+        }
+    }
+    Err(last)
 }

@@ -64,4 +64,18 @@ Example: `local(\"git rev-parse HEAD\").stdout`";
                 .map_err(throw)
         },
     );
+
+    let c = ctx.clone();
+    func(
+        "notify",
+        &["url: String", "message: String", "bool"],
+        "Posts `message` as a Slack-compatible webhook (`{\"text\": message}`) to `url`: 5 s timeout, 3 attempts. Returns false (with a warning) if it could not be delivered — a notification never fails a deploy.
+Example: `notify(var(\"notify_url\", \"\"), `canary at ${pct}%`);`",
+    )
+    .register_into_engine(engine, move |url: &str, message: &str| -> bool {
+        if url.is_empty() {
+            return false;
+        }
+        c.block_on(c.effects.notify(url, message))
+    });
 }
