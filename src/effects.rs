@@ -523,6 +523,46 @@ impl Effects {
         .await
     }
 
+    /// Takes the migration lock (a PostgreSQL advisory lock); `Ok(None)` in a dry run.
+    pub async fn migration_lock(
+        &self,
+        url: &str,
+        key: i64,
+    ) -> ActionResult<Option<crate::providers::postgres::AdvisoryLock>> {
+        let text = format!(
+            "postgres {}: pg_try_advisory_lock({key})",
+            crate::journal::redact(url)
+        );
+        if self.record(text.clone(), Estimate::default()) {
+            return Ok(None);
+        }
+        info!(step = "db_lock", "{text}");
+        let lock = self
+            .act(
+                "db_lock",
+                None,
+                &text,
+                crate::providers::postgres::try_lock(url, key),
+            )
+            .await?;
+        match lock {
+            Some(l) => Ok(Some(l)),
+            None => Err(ActionError::new(
+                ErrorKind::Locked,
+                format!("another session holds the migration lock {key} on {}: a migration is already running", crate::journal::redact(url)),
+            )),
+        }
+    }
+
+    /// One Prometheus instant query; the first sample's value.
+    pub async fn prometheus(&self, url: &str, promql: &str) -> ActionResult<f64> {
+        if self.is_dry_run() {
+            return Ok(0.0);
+        }
+        self.cancellable(crate::providers::http::prometheus_query(url, promql))
+            .await
+    }
+
     /// Turns on `--step`: every mutating step asks first.
     pub fn enable_step_mode(&self) {
         *self.step_mode.lock().unwrap() = StepMode::Ask;

@@ -360,10 +360,8 @@ pub fn summarise(records: &[Record]) -> Summary {
                 let Some(inst) = instance else { continue };
                 let ok = results.get(seq).copied();
                 match op.as_str() {
-                    "deregister" if ok != Some(false) => {
-                        if !out.contains(inst) {
-                            out.push(inst.clone());
-                        }
+                    "deregister" if ok != Some(false) && !out.contains(inst) => {
+                        out.push(inst.clone());
                     }
                     // Only a register that finished puts an instance back.
                     "register" if ok == Some(true) => {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::primitives::ActionError;
+use crate::primitives::{ActionError, ErrorKind};
 
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
@@ -90,6 +90,11 @@ impl Ledger {
         entry.first.get_or_insert_with(Instant::now);
         entry.current = Some(step);
         entry.step_started = Some(Instant::now());
+        // Pessimistic: from the moment a deregister is sent the instance may
+        // be out, even if we are interrupted before the LB answers.
+        if step == "deregister" {
+            entry.out = true;
+        }
     }
 
     /// Records the end of `op` on `inst`.
@@ -104,6 +109,19 @@ impl Ledger {
             entry.lb_wait += took;
         }
         match (op, err) {
+            ("deregister", Some(err))
+                if !matches!(err.kind, ErrorKind::Cancelled | ErrorKind::Timeout) =>
+            {
+                // The LB refused: the instance is still in rotation.
+                entry.out = false;
+                entry.error = Some(
+                    err.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
             (_, Some(err)) => {
                 let first_line = err
                     .to_string()

@@ -14,6 +14,8 @@
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts.
 
+#![allow(clippy::result_large_err)] // ActionError carries the stderr tail on purpose; errors are rare.
+
 pub mod cli;
 pub mod compensate;
 pub mod config;

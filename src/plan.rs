@@ -211,7 +211,8 @@ pub fn render(header: &str, recorder: &Recorder, assumptions: &[String]) -> Stri
     for line in &lines {
         match line {
             Line::Step(s) => {
-                let bound = if s.estimate.worst > Duration::ZERO {
+                // Providers may state the bound themselves.
+                let bound = if s.estimate.worst > Duration::ZERO && !s.text.contains("(≤") {
                     format!(" (≤ {})", format_duration(s.estimate.worst))
                 } else {
                     String::new()

@@ -99,12 +99,31 @@ pub async fn run_with(
 ) -> Outcome {
     let started = std::time::Instant::now();
     let inventory = match Inventory::load(&opts.inventory) {
-        Ok(inv) => Arc::new(inv),
+        Ok(inv) => inv,
         Err(e) => {
             eprintln!("error: {e}");
             return Outcome::Invalid;
         }
     };
+    // Discovery reads the target group: not in a plan, which touches nothing.
+    let inventory = if opts.dry_run {
+        if matches!(
+            inventory.lb.backend,
+            crate::config::LbBackend::Aws { discover: true, .. }
+        ) {
+            warn!("lb.discover = true: the plan shows only the instances listed in the inventory; a run adds the target group's members");
+        }
+        inventory
+    } else {
+        match providers::discover(inventory).await {
+            Ok(inv) => inv,
+            Err(e) => {
+                eprintln!("error: discovering instances: {e}");
+                return Outcome::Failed;
+            }
+        }
+    };
+    let inventory = Arc::new(inventory);
     let only = match &opts.only_failed {
         None => None,
         Some(run_id) => match failed_of(&opts.inventory, run_id) {

@@ -6,7 +6,7 @@
 
 mod locate;
 mod raw;
-mod validate;
+pub(crate) mod validate;
 mod value;
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use validate::{valid_host, valid_name};
 pub use value::{format_duration, parse_duration, CountOrPercent};
 
 /// The deployment target, as the operator described it.

@@ -136,3 +136,37 @@ fn syntax_error_in_toml_is_located() {
     let e = err("[app\nname = 1\n");
     assert!(e.starts_with("rollscript.toml:1"), "{e}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the bytes, parsing returns a located error or an inventory: never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            if let Err(e) = parse(&text) {
+                prop_assert!(e.to_string().starts_with("rollscript.toml"));
+            }
+        }
+
+        /// Edits of a valid inventory either parse or name a line inside the file.
+        #[test]
+        fn mutated_inventories_fail_with_a_line_inside_the_file(
+            pos in 0usize..BASE.len(),
+            insert in "[a-z_=\"%.\\[\\] 0-9\n]{1,12}",
+        ) {
+            let mut text = BASE.to_string();
+            let pos = (0..=pos).rev().find(|p| text.is_char_boundary(*p)).unwrap();
+            text.insert_str(pos, &insert);
+            if let Err(e) = parse(&text) {
+                let lines = text.lines().count() + 1;
+                if let Some(line) = e.line {
+                    prop_assert!(line >= 1 && line <= lines, "line {line} of {lines}: {e}");
+                }
+            }
+        }
+    }
+}

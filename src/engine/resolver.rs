@@ -13,6 +13,7 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("steps", include_str!("../../stdlib/steps.rhai")),
     ("batches", include_str!("../../stdlib/batches.rhai")),
     ("gates", include_str!("../../stdlib/gates.rhai")),
+    ("rollout", include_str!("../../stdlib/rollout.rhai")),
 ];
 
 /// Source texts by the name errors use (`scripts/rolling.rhai`,

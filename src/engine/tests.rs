@@ -259,3 +259,10 @@ fn module_top_level_runs_no_steps_in_a_plan() {
     )]);
     assert!(f.run(&[], true).is_ok());
 }
+
+#[test]
+fn sleep_with_a_number_is_ours_in_milliseconds_and_recorded_in_a_plan() {
+    // Rhai's built-in sleep(INT) takes seconds and would block for real.
+    let f = Fixture::new(&[("main.rhai", "sleep(3600000); sleep(1.5); sleep(\"2h\");\n")]);
+    assert!(f.run(&[], true).is_ok());
+}

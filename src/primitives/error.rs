@@ -33,7 +33,9 @@ pub enum ErrorKind {
     Cancelled,
     /// The script passed a bad argument (unknown instance, bad duration, …).
     InvalidArgument,
-    /// Raised with `throw` by a script or the stdlib.
+    /// Another run holds a lock this step needs (the migration lock).
+    Locked,
+    /// Raised with `throw` or `fail` by a script or the stdlib.
     Script,
 }
 
@@ -57,11 +59,12 @@ impl ErrorKind {
             Self::GateFailed => "gate_failed",
             Self::Cancelled => "cancelled",
             Self::InvalidArgument => "invalid_argument",
+            Self::Locked => "locked",
             Self::Script => "script",
         }
     }
 
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         Self::CommandFailed,
         Self::Timeout,
         Self::ConnectionRefused,
@@ -79,6 +82,7 @@ impl ErrorKind {
         Self::GateFailed,
         Self::Cancelled,
         Self::InvalidArgument,
+        Self::Locked,
         Self::Script,
     ];
 }

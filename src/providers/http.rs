@@ -212,3 +212,36 @@ pub async fn notify(url: &str, message: &str) -> Result<(), String> {
     }
     Err(last)
 }
+
+/// `GET {base}/api/v1/query?query=…`: the first sample's value, 0.0 if none.
+pub async fn prometheus_query(base: &str, promql: &str) -> ActionResult<f64> {
+    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
+    let fail =
+        |m: String| ActionError::new(ErrorKind::GateFailed, format!("prometheus {url}: {m}"));
+    let full = reqwest::Url::parse_with_params(&url, &[("query", promql)])
+        .map_err(|e| fail(e.to_string()))?;
+    let resp = reqwest::Client::new()
+        .get(full)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| fail(describe_error(&e, Duration::from_secs(10))))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| fail(format!("HTTP {status}, unreadable body: {e}")))?;
+    let body: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("HTTP {status}, not JSON ({e})")))?;
+    if body["status"] != "success" {
+        return Err(fail(format!("query {promql:?} failed: {}", body["error"])));
+    }
+    let first = &body["data"]["result"][0]["value"][1];
+    match first {
+        serde_json::Value::Null => Ok(0.0),
+        v => v
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .ok_or_else(|| fail(format!("unexpected sample {v}"))),
+    }
+}

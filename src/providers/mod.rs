@@ -10,6 +10,7 @@ pub mod local;
 pub mod nginx;
 pub mod none;
 mod output;
+pub mod postgres;
 pub mod ssh;
 
 use std::sync::Arc;
@@ -42,4 +43,36 @@ pub fn build(inv: &Arc<Inventory>) -> Providers {
         local,
         health: Arc::new(http::HttpHealth::new()),
     }
+}
+
+/// Adds the members of the AWS target group to the inventory when
+/// `lb.discover = true` (the inventory's own entries win on a name or id
+/// clash). Any other inventory is returned as is.
+pub async fn discover(inv: Inventory) -> Result<Inventory, crate::primitives::ActionError> {
+    #[cfg(feature = "aws")]
+    if let LbBackend::Aws { discover: true, .. } = &inv.lb.backend {
+        let found = aws::ElbV2::new(Arc::new(inv.clone())).discover().await?;
+        let mut inv = inv;
+        for i in found {
+            let clash = inv
+                .instances
+                .iter()
+                .any(|x| x.name == i.name || (x.id.is_some() && x.id == i.id));
+            if !clash {
+                inv.instances.push(i);
+            }
+        }
+        if inv.instances.is_empty() {
+            return Err(crate::primitives::ActionError::new(
+                crate::primitives::ErrorKind::Lb,
+                "lb.discover = true found no instance in the target group and the inventory lists none",
+            ));
+        }
+        tracing::info!(
+            "discovered {} instance(s) from the target group",
+            inv.instances.len()
+        );
+        return Ok(inv);
+    }
+    Ok(inv)
 }

@@ -1,16 +1,296 @@
-//! The command line end to end: exit codes, plans, errors, `check`, `api`.
+//! The command line end to end: plans, JSON logs, progress in a terminal and
+//! in a pipe, webhooks, completions, the generated reference.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
 
 use crate::harness::{repo, rollscript};
 
+fn plan_for(n: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut inv = std::fs::read_to_string(repo().join("examples/haproxy.toml")).unwrap();
+    inv.truncate(inv.find("[[instances]]").unwrap());
+    if n == 1 {
+        // One instance cannot be drained with min_in_service = 1: the plan
+        // would (rightly) stop at the capacity guard.
+        inv = inv.replace("min_in_service = 1", "min_in_service = 0");
+    }
+    for i in 1..=n {
+        inv.push_str(&format!(
+            "[[instances]]\nname = \"web-{i}\"\nhost = \"10.0.1.{}\"\n\n",
+            9 + i
+        ));
+    }
+    let path = dir.path().join("rollscript.toml");
+    std::fs::write(&path, inv).unwrap();
+    let out = rollscript()
+        .current_dir(repo())
+        .args(["plan", "scripts/rolling.rhai", "-i"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dir.path().join(".rollscript").exists(),
+        "a plan writes no journal"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .replace(&path.display().to_string(), "INVENTORY")
+}
+
 #[test]
-fn plan_of_the_haproxy_example_lists_every_step_in_order() {
+fn plan_snapshots_for_1_3_and_10_instances() {
+    insta::assert_snapshot!("plan_1", plan_for(1));
+    insta::assert_snapshot!("plan_3", plan_for(3));
+    insta::assert_snapshot!("plan_10", plan_for(10));
+}
+
+#[test]
+fn plan_lists_drain_deploy_health_register_for_every_instance_in_order() {
+    let plan = plan_for(3);
+    let mut at = 0;
+    for host in ["web-1", "web-2", "web-3"] {
+        for step in ["drain", "deploy.sh", "/health", "ready", "wait until UP"] {
+            let needle = if step == "deploy.sh" || step == "/health" {
+                step.to_string()
+            } else {
+                format!("credit_radar/{host}: {step}")
+            };
+            let found = plan[at..]
+                .find(&needle)
+                .unwrap_or_else(|| panic!("{needle} after byte {at} in\n{plan}"));
+            at += found + 1;
+        }
+    }
+    assert!(plan.contains("Estimated duration: typical"), "{plan}");
+}
+
+fn write_case(script: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rollscript.toml"),
+        "[app]\nname = \"demo\"\ndeploy = \"true\"\n[lb]\nkind = \"none\"\n[[instances]]\nname = \"web-1\"\nhost = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("main.rhai"), script).unwrap();
+    dir
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_documented_fields() {
+    let dir =
+        write_case("for i in instances() { deregister(i); register(i); }\nlocal(\"echo hi\");\n");
+    let out = rollscript()
+        .current_dir(dir.path())
+        .args(["run", "main.rhai", "--yes", "--log-format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(events
+        .iter()
+        .all(|e| e["timestamp"].is_string() && e["level"].is_string() && e["message"].is_string()));
+    let steps: Vec<&str> = events.iter().filter_map(|e| e["step"].as_str()).collect();
+    assert!(
+        steps.contains(&"deregister") && steps.contains(&"register") && steps.contains(&"exec"),
+        "{steps:?}"
+    );
+    assert!(events.iter().any(|e| e["instance"] == "web-1"));
+    assert!(events
+        .iter()
+        .any(|e| e["stream"] == "stdout" && e["message"].as_str().unwrap().contains("hi")));
+    assert!(events
+        .iter()
+        .any(|e| e["message"] == "run started" && e["run"].is_string()));
+}
+
+#[test]
+fn in_a_pipe_there_are_plain_timestamped_lines_and_no_control_codes() {
+    let dir = write_case("for i in instances() { deregister(i); sleep(300); register(i); }\n");
+    let out = rollscript()
+        .current_dir(dir.path())
+        .args(["run", "main.rhai", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "control codes in a pipe: {stderr:?}"
+    );
+    let first = stderr.lines().next().unwrap();
+    assert!(
+        first.len() > 12 && first.as_bytes()[2] == b':' && first.as_bytes()[8] == b'.',
+        "{first}"
+    );
+    assert!(
+        stderr.contains("Summary") && stderr.contains("exit 0: success"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn in_a_terminal_the_progress_bars_draw() {
+    let dir = write_case("for i in instances() { deregister(i); sleep(700); register(i); }\n");
+    // util-linux `script` gives the command a pseudo-terminal.
+    let cmd = format!("{} run main.rhai --yes", env!("CARGO_BIN_EXE_rollscript"));
+    let out = Command::new("script")
+        .current_dir(dir.path())
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .output()
+        .expect("util-linux `script` is installed");
+    assert_eq!(out.status.code(), Some(0));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("instances ·"),
+        "no progress bar in a terminal: {screen:?}"
+    );
+    assert!(screen.contains('\u{1b}'), "a terminal gets control codes");
+    assert!(screen.contains("Summary"), "{screen}");
+}
+
+#[test]
+fn notify_posts_a_slack_compatible_webhook_and_a_dead_one_is_only_a_warning() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut len = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        String::from_utf8(body).unwrap()
+    });
+    let dead = crate::harness::free_port("127.0.0.1");
+    let dir = write_case(&format!(
+        "let ok = notify(\"http://127.0.0.1:{port}/hook\", \"deploy of demo done\");\n\
+         let dead = notify(\"http://127.0.0.1:{dead}/hook\", \"nobody listens\");\n\
+         if !ok || dead {{ throw `ok=${{ok}} dead=${{dead}}`; }}\n"
+    ));
+    let out = rollscript()
+        .current_dir(dir.path())
+        .args(["run", "main.rhai", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(server.join().unwrap(), r#"{"text":"deploy of demo done"}"#);
+    assert!(
+        stderr.contains("notification not delivered: connection refused (the deploy goes on)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_checked_in_reference_is_up_to_date() {
+    let out = rollscript().args(["api", "--markdown"]).output().unwrap();
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let checked_in = std::fs::read_to_string(repo().join("docs/api.md")).unwrap();
+    assert!(
+        generated == checked_in,
+        "docs/api.md is stale: run `cargo run -- api --markdown > docs/api.md`"
+    );
+    for f in [
+        "deregister(",
+        "register(",
+        "wait_drained(",
+        "ssh(",
+        "health(",
+        "sleep(",
+        "parallel(",
+        "once(",
+        "chunks(",
+    ] {
+        assert!(
+            generated.contains(&format!("### `{f}")),
+            "{f} missing from the reference"
+        );
+    }
+}
+
+#[test]
+fn api_json_and_definitions_come_from_the_engine() {
+    let out = rollscript().args(["api", "--json"]).output().unwrap();
+    let fns: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ssh = fns.iter().find(|f| f["name"] == "ssh").unwrap();
+    assert_eq!(ssh["signature"], "ssh(inst: Map, cmd: Dynamic) -> Map");
+    let dir = tempfile::tempdir().unwrap();
+    let out = rollscript()
+        .args(["api", "--definitions"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let defs = std::fs::read_to_string(dir.path().join("__static__.d.rhai")).unwrap();
+    assert!(defs.contains("fn wait_drained("), "{defs}");
+}
+
+#[test]
+fn completions_and_help_with_examples() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = rollscript().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("recover"),
+            "{shell}"
+        );
+    }
+    for sub in [
+        "run",
+        "plan",
+        "check",
+        "api",
+        "recover",
+        "unlock",
+        "runs",
+        "completions",
+    ] {
+        let out = rollscript().args([sub, "--help"]).output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Example"),
+            "{sub} --help has no example"
+        );
+    }
+}
+
+#[test]
+fn check_passes_the_shipped_scripts_and_fails_a_broken_one_with_exit_2() {
     let out = rollscript()
         .current_dir(repo())
         .args([
-            "plan",
+            "check",
             "scripts/rolling.rhai",
-            "-i",
-            "examples/haproxy.toml",
+            "scripts/canary.rhai",
+            "scripts/blue_green.rhai",
+            "scripts/migration.rhai",
         ])
         .output()
         .unwrap();
@@ -20,6 +300,17 @@ fn plan_of_the_haproxy_example_lists_every_step_in_order() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let plan = String::from_utf8(out.stdout).unwrap();
-    assert!(plan.contains("Estimated duration"), "{plan}");
+    let dir = write_case("let a = 1;\nlet b = 2;\n\n\n\n\nlet c = (a + ;\n");
+    let out = rollscript()
+        .current_dir(dir.path())
+        .args(["check", "main.rhai"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--> main.rhai:7:14"), "{stderr}");
+    assert!(
+        stderr.contains("\n  |              ^\n"),
+        "caret under column 14: {stderr}"
+    );
 }

@@ -5,7 +5,11 @@ mod harness;
 
 mod aws;
 mod cli;
+mod corpus;
+mod customising;
+mod faults;
 mod haproxy;
 mod health;
 mod nginx;
 mod ssh;
+mod strategies;

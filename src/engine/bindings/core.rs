@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
-use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
+use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map, INT};
 use tracing::{info, warn};
 
 use super::func;
@@ -113,6 +113,19 @@ Example: `sleep(\"30s\");`",
         let d = duration_arg(&d)?;
         c.block_on(c.effects.sleep(d)).map_err(throw)
     });
+    // Rhai's own `sleep(INT)` / `sleep(FLOAT)` (seconds, blocking the thread,
+    // deaf to Ctrl-C and acting even in a plan) would win over the Dynamic
+    // overload for numbers: shadow both with ours (milliseconds).
+    let c = ctx.clone();
+    FuncRegistration::new("sleep").register_into_engine(engine, move |ms: INT| -> RhaiResult<()> {
+        let d = duration_arg(&Dynamic::from(ms))?;
+        c.block_on(c.effects.sleep(d)).map_err(throw)
+    });
+    let c = ctx.clone();
+    FuncRegistration::new("sleep").register_into_engine(engine, move |ms: f64| -> RhaiResult<()> {
+        let d = duration_arg(&Dynamic::from(ms))?;
+        c.block_on(c.effects.sleep(d)).map_err(throw)
+    });
 
     // In a plan the script's own progress messages would describe work that
     // did not happen: they are demoted to debug there. Warnings still show.
@@ -158,6 +171,16 @@ Example: `for batch in chunks(instances(), \"25%\") { ... }`",
             .chunks(size)
             .map(|c| Dynamic::from(c.to_vec()))
             .collect())
+    });
+
+    func(
+        "seconds",
+        &["duration: Dynamic", "FLOAT"],
+        "A duration (`\"10m\"`, `\"1.5s\"` or milliseconds) in seconds, for arithmetic in scripts.
+Example: `let rounds = seconds(var(\"bake\", \"1m\")) / 5.0;`",
+    )
+    .register_into_engine(engine, |d: Dynamic| -> RhaiResult<f64> {
+        Ok(duration_arg(&d)?.as_secs_f64())
     });
 
     func(

@@ -64,6 +64,9 @@ Example: `once(\"migrate\", || ssh(instances()[0], inventory().app.migrate));`",
     );
 }
 
+/// What one `parallel` item ended with.
+type ItemResult = Result<Dynamic, Box<EvalAltResult>>;
+
 /// Registers the compensation hook (kept with the caller's imports).
 #[allow(deprecated)] // store_data: rhai marks it "volatile", not deprecated.
 fn set_hook(c: &ScriptContext, ctx: &NativeCallContext, f: FnPtr) {
@@ -79,8 +82,7 @@ fn parallel(
     f: &FnPtr,
 ) -> RhaiResult<Array> {
     let n = items.len();
-    let mut results: Vec<Option<Result<Dynamic, Box<EvalAltResult>>>> =
-        (0..n).map(|_| None).collect();
+    let mut results: Vec<Option<ItemResult>> = (0..n).map(|_| None).collect();
 
     if let Some(rec) = c.effects.recorder() {
         // A dry run is sequential so the plan's numbering is stable; the
@@ -98,8 +100,7 @@ fn parallel(
         let engine = ctx.engine();
         let next = AtomicUsize::new(0);
         let items = &items;
-        let slots: Vec<Mutex<Option<Result<Dynamic, Box<EvalAltResult>>>>> =
-            (0..n).map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<ItemResult>>> = (0..n).map(|_| Mutex::new(None)).collect();
         std::thread::scope(|scope| {
             for _ in 0..limit.min(n) {
                 scope.spawn(|| {
@@ -172,4 +173,54 @@ fn describe_failure(mut e: &EvalAltResult) -> String {
             other => return other.to_string(),
         }
     }
+}
+
+pub fn register_gates(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
+    func(
+        "fail",
+        &["kind: String", "message: String"],
+        "Stops with a structured error of `kind` (`gate_failed`, `health_failed`, `script`, … — see `e.kind`), like a primitive's, so callers can catch it and the final message says what failed.
+Example: `if rate > 0.01 { fail(\"gate_failed\", `5xx rate ${rate}`); }`",
+    )
+    .register_into_engine(engine, |kind: &str, message: &str| -> RhaiResult<()> {
+        let kind = ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .ok_or_else(|| invalid(format!("fail: unknown kind {kind:?}")))?;
+        Err(throw(ActionError::new(kind, message)))
+    });
+
+    let c = ctx.clone();
+    func(
+        "with_migration_lock",
+        &["f: FnPtr", "Dynamic"],
+        "Runs `f()` holding the PostgreSQL advisory lock of `[database]` (`pg_try_advisory_lock(lock_id)` on `database.url`), so two runs can never migrate at once; fails with kind `locked` at once if another session holds it. Without a `[database]` in the inventory `f()` runs without a lock and a warning.
+Example: `with_migration_lock(|| ssh(first, inventory().app.migrate));`",
+    )
+    .register_into_engine(
+        engine,
+        move |ctx: NativeCallContext, f: FnPtr| -> RhaiResult<Dynamic> {
+            let Some(db) = c.effects.inventory.database.clone() else {
+                tracing::warn!("no [database] in the inventory: migrating without a lock");
+                return f.call_within_context(&ctx, ());
+            };
+            let lock = c.block_on(c.effects.migration_lock(&db.url, db.lock_id)).map_err(throw)?;
+            let r = f.call_within_context::<Dynamic>(&ctx, ());
+            if let Some(lock) = lock {
+                c.block_on(lock.unlock());
+            }
+            r
+        },
+    );
+
+    let c = ctx.clone();
+    func(
+        "prometheus_query",
+        &["url: String", "promql: String", "FLOAT"],
+        "Evaluates `promql` with the Prometheus HTTP API at `url` (`/api/v1/query`) and returns the first sample's value (0.0 when the result is empty). For canary gates.
+Example: `let p95 = prometheus_query(url, \"histogram_quantile(0.95, rate(http_request_duration_seconds_bucket[5m]))\");`",
+    )
+    .register_into_engine(engine, move |url: &str, promql: &str| -> RhaiResult<f64> {
+        c.block_on(c.effects.prometheus(url, promql)).map_err(throw)
+    });
 }

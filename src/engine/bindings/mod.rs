@@ -16,6 +16,7 @@ use super::context::ScriptContext;
 pub fn register_all(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     core::register(engine, ctx);
     flow::register(engine, ctx);
+    flow::register_gates(engine, ctx);
     lb::register(engine, ctx);
     remote::register(engine, ctx);
     health::register(engine, ctx);

@@ -5,10 +5,13 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod faultfleet;
+pub mod fleet;
 pub mod haproxy;
 pub mod http;
 pub mod moto;
 pub mod nginx;
+pub mod postgres;
 pub mod sshd;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
