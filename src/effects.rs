@@ -168,10 +168,13 @@ impl Effects {
         text: &str,
         fut: impl Future<Output = ActionResult<T>>,
     ) -> ActionResult<T> {
-        if op != "notify" && op != "health" {
-            self.step_gate(text)?;
-        }
         let name = inst.map(|i| i.name.as_str());
+        if op != "notify" && op != "health" {
+            self.step_gate(text).map_err(|e| match name {
+                Some(n) if e.host.is_none() => e.host(n),
+                _ => e,
+            })?;
+        }
         let seq = self.journal.get().map(|j| j.intent(op, name, text));
         if let Some(n) = name {
             self.ledger.begin(n, op);
@@ -425,7 +428,7 @@ impl Effects {
         ) {
             return Ok(ExecOutput::default());
         }
-        info!(instance = %inst.name, step = "exec", "{text}");
+        info!(instance = %inst.name, step = "exec", "{}", crate::journal::redact(&text));
         let is_local = std::ptr::eq(
             transport as *const dyn Transport as *const u8,
             &*self.providers.local as *const dyn Transport as *const u8,

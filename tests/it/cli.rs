@@ -314,3 +314,66 @@ fn check_passes_the_shipped_scripts_and_fails_a_broken_one_with_exit_2() {
         "caret under column 14: {stderr}"
     );
 }
+
+fn run_with_stdin(dir: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
+    let mut child = rollscript()
+        .current_dir(dir)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn step_mode_asks_before_each_mutating_step() {
+    let dir = write_case("for i in instances() { deregister(i); register(i); }\n");
+    // "no" skips the first step: the script sees a catchable `cancelled` error.
+    let out = run_with_stdin(dir.path(), &["run", "main.rhai", "--step"], "n\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("next step: no load balancer: skip deregister of web-1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error[cancelled]: web-1: skipped by the operator"),
+        "{stderr}"
+    );
+    // "yes" then "all": every step runs, the second prompt is the last.
+    let out = run_with_stdin(dir.path(), &["run", "main.rhai", "--step"], "y\na\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.matches("next step:").count(), 2, "{stderr}");
+}
+
+#[test]
+fn secrets_never_reach_the_logs_or_the_journal() {
+    let dir = write_case(
+        "local(\"echo connecting to postgres://deploy:hunter2@db.example/app > /dev/null\");\n",
+    );
+    let out = rollscript()
+        .current_dir(dir.path())
+        .args(["run", "main.rhai", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("hunter2") && stderr.contains("deploy:***@db.example"),
+        "{stderr}"
+    );
+    let runs = dir.path().join(".rollscript/runs");
+    for f in std::fs::read_dir(runs).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

@@ -4,6 +4,7 @@
 mod harness;
 
 mod aws;
+mod aws_rolling;
 mod cli;
 mod corpus;
 mod customising;
