@@ -213,10 +213,17 @@ pub async fn run_with(
             "run started"
         );
     }
-    let progress = (!opts.dry_run).then(|| {
+    let progress = if opts.dry_run || !crate::ui::has_progress() {
+        None
+    } else {
+        let estimate = estimate(&opts, &inventory).await;
         let e = effects.clone();
-        crate::ui::Progress::start(Arc::new(move || e.ledger.snapshot()), ctx.instance_count())
-    });
+        Some(crate::ui::Progress::start(
+            Arc::new(move || e.ledger.snapshot()),
+            ctx.instance_count(),
+            estimate,
+        ))
+    };
     let result = {
         let host = host.clone();
         let compiled = compiled.clone();
@@ -333,6 +340,30 @@ pub async fn run_with(
     );
     drop(lock);
     outcome
+}
+
+/// The plan's typical duration, for the progress ETA: the same script run
+/// against the recorder first (milliseconds; nothing is touched).
+async fn estimate(opts: &RunOptions, inventory: &Arc<Inventory>) -> Option<std::time::Duration> {
+    let rec = Arc::new(Recorder::new());
+    let effects = Arc::new(Effects::new(
+        inventory.clone(),
+        providers::build(inventory),
+        Some(rec.clone()),
+        CancellationToken::new(),
+    ));
+    let ctx = Arc::new(ScriptContext::new(
+        effects,
+        opts.vars.clone(),
+        Answers::Yes,
+        tokio::runtime::Handle::current(),
+    ));
+    let host = Host::new(&script_dir(&opts.script), ctx);
+    let compiled = host.compile(&opts.script).ok()?;
+    tokio::task::spawn_blocking(move || host.run(&compiled).ok().map(|_| rec.total().typical))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn outcome_word(o: Outcome) -> &'static str {

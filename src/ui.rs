@@ -102,6 +102,11 @@ impl<'a> MakeWriter<'a> for LineWriter {
     }
 }
 
+/// Whether live progress bars are drawn (stderr is a terminal, text logs).
+pub fn has_progress() -> bool {
+    multi().is_some()
+}
+
 /// Runs `f` (a prompt) with the bars hidden, so the question is not
 /// overwritten by a redraw.
 pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
@@ -127,9 +132,12 @@ pub struct Progress {
 
 impl Progress {
     /// `estimate`: the plan's typical duration, for the ETA before any instance finished.
+    /// `estimate`: the plan's typical duration, for the ETA before (and
+    /// blended with) what the run so far shows.
     pub fn start(
         ledger: Arc<dyn Fn() -> crate::ledger::Snapshot + Send + Sync>,
         total: usize,
+        estimate: Option<Duration>,
     ) -> Self {
         let stop = Arc::new(Mutex::new(false));
         let Some(m) = multi() else {
@@ -151,17 +159,9 @@ impl Progress {
                 let snap = ledger();
                 let done = snap.iter().filter(|(_, e)| e.finished()).count();
                 overall.set_position(done as u64);
-                let eta = if done > 0 && done < total {
-                    let per = started.elapsed() / done as u32;
-                    format!(
-                        "ETA {}",
-                        format_duration(Duration::from_secs(
-                            (per * (total - done) as u32).as_secs()
-                        ))
-                    )
-                } else {
-                    String::new()
-                };
+                let eta = eta(started.elapsed(), done, total, estimate)
+                    .map(|d| format!("ETA {}", format_duration(Duration::from_secs(d.as_secs()))))
+                    .unwrap_or_default();
                 overall.set_message(eta);
                 let active: Vec<String> = snap
                     .iter()
@@ -218,6 +218,24 @@ impl Progress {
     }
 }
 
+/// Time left: from the plan's estimate until an instance finished, then the
+/// run's own pace (which already includes the real LB and app timings).
+pub fn eta(
+    elapsed: Duration,
+    done: usize,
+    total: usize,
+    estimate: Option<Duration>,
+) -> Option<Duration> {
+    if done >= total {
+        return None;
+    }
+    if done == 0 {
+        return estimate.map(|e| e.saturating_sub(elapsed));
+    }
+    let per = elapsed / done as u32;
+    Some(per * (total - done) as u32)
+}
+
 fn step_word(op: &str) -> &str {
     match op {
         "deregister" => "deregistering",
@@ -228,5 +246,23 @@ fn step_word(op: &str) -> &str {
         "wait_in_service" => "waiting for LB health",
         "set_weight" => "setting weight",
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eta;
+    use std::time::Duration;
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn eta_uses_the_plan_until_the_run_shows_its_pace() {
+        assert_eq!(eta(s(10), 0, 4, Some(s(60))), Some(s(50)));
+        assert_eq!(eta(s(10), 0, 4, None), None);
+        assert_eq!(eta(s(20), 2, 4, Some(s(600))), Some(s(20)));
+        assert_eq!(eta(s(20), 4, 4, Some(s(60))), None);
     }
 }
