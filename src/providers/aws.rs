@@ -633,20 +633,25 @@ impl LoadBalancer for ElbV2 {
     }
 
     async fn wait_drained(&self, inst: &Instance, timeout: Duration) -> ActionResult<DrainReport> {
+        // The clock runs from the start of the step: the attribute read is
+        // part of the wait, else the "time saved" would be overstated by it.
+        let started = Instant::now();
         let t = self.target(inst).await?;
         let configured_delay = self.deregistration_delay().await;
         let source = LiveTarget {
             lb: self,
             target: &t,
         };
-        let waited = wait_unused(
-            &source,
-            &self.subject(&t),
-            timeout,
-            self.poll(),
-            configured_delay,
-        )
-        .await?;
+        let before = started.elapsed();
+        let waited = before
+            + wait_unused(
+                &source,
+                &self.subject(&t),
+                timeout,
+                self.poll(),
+                configured_delay,
+            )
+            .await?;
         Ok(DrainReport {
             waited,
             connections_at_start: None,
