@@ -40,14 +40,22 @@ pub fn compensate(
                 effects,
                 name,
                 false,
+                false,
                 "not in the inventory any more: check it by hand".into(),
             ));
             continue;
         };
         info!(instance = %name, step = "compensate", "compensating {name}: it was left out of service");
+        let mut rolled_back = false;
         let prepared: Result<String, String> = match hook {
-            Some(hook) => hook(&inst).map(|_| "the script's on_compensate step passed".to_string()),
-            None => default_step(effects, handle, &inst, *touched),
+            Some(hook) => hook(&inst).map(|_| {
+                rolled_back = *touched;
+                "the script's on_compensate step passed".to_string()
+            }),
+            None => default_step(effects, handle, &inst, *touched, &mut rolled_back),
+        };
+        let record = |effects: &Effects, name: &str, restored: bool, detail: String| {
+            record(effects, name, restored, rolled_back, detail)
         };
         let fate = match prepared {
             Err(why) => record(effects, name, false, why),
@@ -81,6 +89,7 @@ fn default_step(
     handle: &Handle,
     inst: &Instance,
     touched: bool,
+    rolled_back: &mut bool,
 ) -> Result<String, String> {
     let mut how = Vec::new();
     if touched {
@@ -93,6 +102,7 @@ fn default_step(
                         ExecOptions::default(),
                     ))
                     .map_err(|e| format!("rollback failed: {}", first_line(&e.to_string())))?;
+                *rolled_back = true;
                 how.push("rolled back");
             }
             None => how.push("no app.rollback configured, kept as deployed"),
@@ -106,19 +116,28 @@ fn default_step(
     Ok(how.join(", "))
 }
 
-fn record(effects: &Effects, name: &str, restored: bool, detail: String) -> Fate {
+fn record(
+    effects: &Effects,
+    name: &str,
+    restored: bool,
+    rolled_back: bool,
+    detail: String,
+) -> Fate {
     if restored {
         info!(instance = %name, step = "compensated", "{name}: {detail}");
     } else {
         warn!(instance = %name, step = "left_out", "{name} LEFT OUT of service: {detail}");
     }
-    effects.ledger.compensated(name, restored, &detail);
+    effects
+        .ledger
+        .compensated(name, restored, rolled_back, &detail);
     if let Some(j) = effects.journal() {
         j.best_effort(&Record::Compensation {
             at: now(),
             instance: name.to_string(),
             restored,
             detail: detail.clone(),
+            rolled_back,
         });
     }
     Fate {

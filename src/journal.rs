@@ -57,6 +57,9 @@ pub enum Record {
         instance: String,
         restored: bool,
         detail: String,
+        /// The rollback ran and succeeded: a later `recover` must not run it again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rolled_back: bool,
     },
     RunEnd {
         at: String,
@@ -329,9 +332,22 @@ pub fn summarise(records: &[Record]) -> Summary {
     let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut results: BTreeMap<u64, bool> = BTreeMap::new();
+    let mut never_started: BTreeSet<u64> = BTreeSet::new();
     for r in records {
-        if let Record::Result { seq, ok, .. } = r {
+        if let Record::Result {
+            seq,
+            ok,
+            error_kind,
+            ..
+        } = r
+        {
             results.insert(*seq, *ok);
+            let not_run = crate::primitives::ErrorKind::ALL
+                .iter()
+                .any(|k| Some(k.as_str()) == error_kind.as_deref() && k.command_never_started());
+            if not_run {
+                never_started.insert(*seq);
+            }
         }
     }
     for r in records {
@@ -368,7 +384,7 @@ pub fn summarise(records: &[Record]) -> Summary {
                         out.retain(|i| i != inst);
                         touched.remove(inst);
                     }
-                    "ssh" if out.contains(inst) => {
+                    "ssh" if out.contains(inst) && !never_started.contains(seq) => {
                         touched.insert(inst.clone());
                     }
                     _ => {}
@@ -378,10 +394,15 @@ pub fn summarise(records: &[Record]) -> Summary {
                 }
             }
             Record::Compensation {
-                instance, restored, ..
+                instance,
+                restored,
+                rolled_back,
+                ..
             } => {
                 if *restored {
                     out.retain(|i| i != instance);
+                }
+                if *restored || *rolled_back {
                     touched.remove(instance);
                 }
             }

@@ -130,7 +130,7 @@ impl Ledger {
                     .unwrap_or_default()
                     .to_string();
                 entry.error = Some(first_line);
-                if op == "ssh" && entry.out {
+                if op == "ssh" && entry.out && !err.kind.command_never_started() {
                     entry.touched = true;
                 }
             }
@@ -147,11 +147,14 @@ impl Ledger {
         }
     }
 
-    pub fn compensated(&self, inst: &str, restored: bool, detail: &str) {
+    pub fn compensated(&self, inst: &str, restored: bool, rolled_back: bool, detail: &str) {
         let mut e = self.entries.lock().unwrap();
         let entry = e.entry(inst.to_string()).or_default();
         entry.compensation = Some(detail.to_string());
         entry.out = !restored;
+        if rolled_back {
+            entry.touched = false;
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -175,6 +178,16 @@ impl Ledger {
         self.snapshot()
             .into_iter()
             .filter(|(_, e)| e.out)
+            .map(|(n, e)| (n, e.touched))
+            .collect()
+    }
+
+    /// Out of service and not yet compensated (a script may have called
+    /// `compensate` already: its verdict stands).
+    pub fn needs_compensation(&self) -> Vec<(String, bool)> {
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, e)| e.out && e.compensation.is_none())
             .map(|(n, e)| (n, e.touched))
             .collect()
     }

@@ -356,6 +356,7 @@ pub fn show_run(inventory: &Path, id: &str) -> Result<String, String> {
                 instance,
                 restored,
                 detail,
+                ..
             } => {
                 writeln!(
                     out,

@@ -272,7 +272,7 @@ pub async fn run_with(
 
     // Compensation: never leave an instance out silently. It gets its own
     // cancellation phase so it can still wait after a first Ctrl-C.
-    let targets = effects.ledger.out_of_service();
+    let targets = effects.ledger.needs_compensation();
     if !targets.is_empty() {
         effects.renew_cancel();
         warn!(

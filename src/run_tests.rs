@@ -306,8 +306,8 @@ fn past_max_failures_updated_instances_are_rolled_back_too() {
         vec![
             "ssh web-1: ./deploy.sh",
             "ssh web-2: ./deploy.sh",
-            "ssh web-1: ./rollback.sh", // the runbook's full rollback, by the script
-            "ssh web-2: ./rollback.sh", // compensation of the failed one, by the runtime
+            "ssh web-2: ./rollback.sh", // the failed one, compensated at once
+            "ssh web-1: ./rollback.sh", // the runbook's full rollback of the updated one
         ]
     );
     let lb = fakes.lb.calls.all();

@@ -64,6 +64,21 @@ impl ErrorKind {
         }
     }
 
+    /// The remote command never started: ssh could not connect or log in.
+    /// An instance is not "touched" by a command that failed this way.
+    pub fn command_never_started(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionRefused
+                | Self::ConnectTimeout
+                | Self::AuthFailed
+                | Self::HostKeyUnknown
+                | Self::HostKeyChanged
+                | Self::SshMissing
+                | Self::Dns
+        )
+    }
+
     pub const ALL: [ErrorKind; 19] = [
         Self::CommandFailed,
         Self::Timeout,

@@ -44,6 +44,28 @@ Example: `on_compensate(|inst| steps::rollback_one_checked(inst));`",
 
     let c = ctx.clone();
     func(
+        "compensate",
+        &["inst: Map", "bool"],
+        "Compensates `inst` now, as the runtime does for every instance a failed run leaves out: the script's `on_compensate` step or `app.rollback` (if a command ran on it) and health, then back into the load balancer if healthy. Returns true when it is back in service (or was never out), false when it is left out (named in the log and the summary).
+Example: `if !compensate(inst) { warn(`${inst.name} left out`); }`",
+    )
+    .register_into_engine(engine, move |inst: Dynamic| -> RhaiResult<bool> {
+        let inst = crate::engine::convert::instance_arg(&c.effects.inventory, &inst)?;
+        let Some((name, touched)) = c
+            .effects
+            .ledger
+            .out_of_service()
+            .into_iter()
+            .find(|(n, _)| *n == inst.name)
+        else {
+            return Ok(true);
+        };
+        let fates = crate::compensate::compensate(&c.effects, c.handle(), &[(name, touched)], None);
+        Ok(fates.first().is_some_and(|f| f.restored))
+    });
+
+    let c = ctx.clone();
+    func(
         "once",
         &["key: String", "f: FnPtr", "Dynamic"],
         "Runs `f()` the first time `key` is seen in this run and returns its result; later calls with the same key return that result without running `f` again (also from other `parallel` branches, which wait for the first). A failed `f` is not remembered, so it may be retried.
