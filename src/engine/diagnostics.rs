@@ -205,7 +205,9 @@ impl Diagnostic {
 }
 
 fn describe_call(function: &str) -> String {
-    if function.starts_with("import ") {
+    if function.starts_with("anon$") {
+        "in a closure".to_string()
+    } else if function.starts_with("import ") {
         function.to_string()
     } else {
         format!("in call to {function}()")
