@@ -229,14 +229,29 @@ impl Effects {
         }
         let text = lb.describe(op, inst);
         info!(instance = %inst.name, step = "drain", "{text}");
-        let report = self
-            .act(
-                "wait_drained",
-                Some(inst),
-                &text,
-                lb.wait_drained(inst, timeout),
-            )
-            .await?;
+        let wait = async {
+            let drained = lb.wait_drained(inst, timeout);
+            if !crate::ui::has_progress() {
+                return drained.await;
+            }
+            // For the progress line: the connections still open, from the LB.
+            let watch = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(stats) = lb.stats(inst).await {
+                        if let Some(n) = stats.get("sessions") {
+                            self.ledger
+                                .set_detail(&inst.name, format!("{n} connections"));
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                r = drained => r,
+                _ = watch => unreachable!("the watch loops forever"),
+            }
+        };
+        let report = self.act("wait_drained", Some(inst), &text, wait).await?;
         let saved = report
             .configured_delay
             .map(|d| d.saturating_sub(report.waited))

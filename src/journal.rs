@@ -108,12 +108,23 @@ impl Journal {
                 "[year][month][day]T[hour][minute][second]Z"
             ))
             .unwrap_or_default();
-        let run = format!("{stamp}-{}", std::process::id());
-        let path = dir.join(format!("{run}.jsonl"));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let base = format!("{stamp}-{}", std::process::id());
+        // Two runs from one process within a second (tests, `recover` then
+        // `run`) get a suffix rather than sharing a journal.
+        let mut n = 0;
+        let (run, path, file) = loop {
+            let run = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}.{n}")
+            };
+            let path = dir.join(format!("{run}.jsonl"));
+            match OpenOptions::new().create_new(true).append(true).open(&path) {
+                Ok(file) => break (run, path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let j = Self {
             run: run.clone(),
             path,

@@ -27,6 +27,8 @@ pub struct Entry {
     /// What the run is doing there now (an op name), for progress.
     pub current: Option<&'static str>,
     pub step_started: Option<Instant>,
+    /// A live detail of the current step ("3 connections"), for progress.
+    pub detail: Option<String>,
 }
 
 /// The ledger at one instant, in inventory order.
@@ -105,6 +107,7 @@ impl Ledger {
         entry.last = Some(Instant::now());
         entry.current = None;
         entry.step_started = None;
+        entry.detail = None;
         if matches!(op, "wait_drained" | "wait_in_service") {
             entry.lb_wait += took;
         }
@@ -144,6 +147,14 @@ impl Ledger {
                 entry.touched = false;
             }
             _ => {}
+        }
+    }
+
+    pub fn set_detail(&self, inst: &str, detail: String) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(inst) {
+            if e.current.is_some() {
+                e.detail = Some(detail);
+            }
         }
     }
 

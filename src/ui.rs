@@ -168,8 +168,13 @@ impl Progress {
                     .filter_map(|(n, e)| {
                         e.current.map(|step| {
                             let since = e.step_started.map(|t| t.elapsed()).unwrap_or_default();
+                            let detail = e
+                                .detail
+                                .as_ref()
+                                .map(|d| format!(" · {d}"))
+                                .unwrap_or_default();
                             format!(
-                                "{n} · {} {}",
+                                "{n} · {} {}{detail}",
                                 step_word(step),
                                 format_duration(Duration::from_secs(since.as_secs()))
                             )

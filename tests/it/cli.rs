@@ -377,3 +377,43 @@ fn secrets_never_reach_the_logs_or_the_journal() {
         assert!(!text.contains("hunter2"), "{text}");
     }
 }
+
+#[test]
+fn prometheus_query_reads_the_first_sample_of_an_instant_query() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000,"0.0125"]}]}}"#;
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        request_line
+    });
+    let dir = write_case(&format!(
+        "let rate = prometheus_query(\"http://127.0.0.1:{port}\", \"sum(rate(http_requests_total{{code=~\\\"5..\\\"}}[5m]))\");\n\
+         if rate != 0.0125 {{ throw `got ${{rate}}`; }}\n"
+    ));
+    let out = rollscript()
+        .current_dir(dir.path())
+        .args(["run", "main.rhai", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("GET /api/v1/query?query=sum%28rate%28http_requests_total"),
+        "{request}"
+    );
+}
