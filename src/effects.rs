@@ -142,7 +142,7 @@ impl Effects {
     }
 
     fn is_out(&self, name: &str) -> bool {
-        self.ledger.out_of_service().iter().any(|(n, _)| n == name)
+        self.ledger.is_out(name)
     }
 
     /// Runs `fut` unless the run is cancelled first; a cancel mid-wait drops
@@ -366,22 +366,33 @@ impl Effects {
         if self.providers.lb.kind() == "none" {
             return Ok(());
         }
-        let fleet: Vec<Instance> = match &inst.pool {
-            // Blue/green: each pool is its own fleet.
-            Some(pool) => self
-                .inventory
-                .instances
-                .iter()
-                .filter(|i| i.pool.as_deref() == Some(pool))
-                .cloned()
-                .collect(),
-            None => self.inventory.instances.clone(),
+        // Blue/green: each pool is its own fleet. Borrowed, not cloned: a
+        // plan over 10,000 instances runs this for every one of them.
+        let pool_members: Vec<Instance>;
+        let fleet: &[Instance] = match &inst.pool {
+            Some(pool) => {
+                pool_members = self
+                    .inventory
+                    .instances
+                    .iter()
+                    .filter(|i| i.pool.as_deref() == Some(pool))
+                    .cloned()
+                    .collect();
+                &pool_members
+            }
+            None => &self.inventory.instances,
         };
         let floor = self.inventory.lb.min_in_service.of_ceil(fleet.len());
         let serving = if self.is_dry_run() {
-            fleet.iter().filter(|i| !self.is_out(&i.name)).count()
+            // Only this run's own removals count in a plan; they are few.
+            let out = self.ledger.out_names();
+            let out_here = match &inst.pool {
+                None => out.len(),
+                Some(_) => fleet.iter().filter(|i| out.contains(&i.name)).count(),
+            };
+            fleet.len().saturating_sub(out_here)
         } else {
-            self.cancellable(self.providers.lb.in_service_count(&fleet))
+            self.cancellable(self.providers.lb.in_service_count(fleet))
                 .await?
         };
         let in_service_now = self.is_dry_run()

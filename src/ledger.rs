@@ -69,6 +69,9 @@ impl Entry {
 #[derive(Default)]
 pub struct Ledger {
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// The names with `out` set, kept beside the entries so the capacity
+    /// guard does not scan the whole fleet on every deregister.
+    out: Mutex<std::collections::BTreeSet<String>>,
     order: Mutex<Vec<String>>,
 }
 
@@ -76,6 +79,7 @@ impl Ledger {
     pub fn new(instances: impl IntoIterator<Item = String>) -> Self {
         let order: Vec<String> = instances.into_iter().collect();
         Self {
+            out: Mutex::new(Default::default()),
             entries: Mutex::new(
                 order
                     .iter()
@@ -86,7 +90,7 @@ impl Ledger {
         }
     }
 
-    pub fn begin(&self, inst: &str, step: &'static str) {
+    fn begin_inner(&self, inst: &str, step: &'static str) {
         let mut e = self.entries.lock().unwrap();
         let entry = e.entry(inst.to_string()).or_default();
         entry.first.get_or_insert_with(Instant::now);
@@ -100,7 +104,7 @@ impl Ledger {
     }
 
     /// Records the end of `op` on `inst`.
-    pub fn finish(&self, inst: &str, op: &str, took: Duration, err: Option<&ActionError>) {
+    fn finish_inner(&self, inst: &str, op: &str, took: Duration, err: Option<&ActionError>) {
         let mut e = self.entries.lock().unwrap();
         let entry = e.entry(inst.to_string()).or_default();
         entry.steps += 1;
@@ -150,6 +154,53 @@ impl Ledger {
         }
     }
 
+    pub fn begin(&self, inst: &str, step: &'static str) {
+        self.begin_inner(inst, step);
+        self.sync(inst);
+    }
+
+    /// Records the end of `op` on `inst`.
+    pub fn finish(&self, inst: &str, op: &str, took: Duration, err: Option<&ActionError>) {
+        self.finish_inner(inst, op, took, err);
+        self.sync(inst);
+    }
+
+    pub fn compensated(&self, inst: &str, restored: bool, rolled_back: bool, detail: &str) {
+        self.compensated_inner(inst, restored, rolled_back, detail);
+        self.sync(inst);
+    }
+
+    /// Mirrors `inst`'s `out` flag into the set.
+    fn sync(&self, inst: &str) {
+        let out = self
+            .entries
+            .lock()
+            .unwrap()
+            .get(inst)
+            .is_some_and(|e| e.out);
+        let mut set = self.out.lock().unwrap();
+        if out {
+            set.insert(inst.to_string());
+        } else {
+            set.remove(inst);
+        }
+    }
+
+    /// Names of the instances this run has out of rotation.
+    pub fn out_names(&self) -> std::collections::BTreeSet<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Whether this run has `inst` out of rotation: one lookup, no copy
+    /// (the capacity guard asks this for every instance of the fleet).
+    pub fn is_out(&self, inst: &str) -> bool {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(inst)
+            .is_some_and(|e| e.out)
+    }
+
     pub fn set_detail(&self, inst: &str, detail: String) {
         if let Some(e) = self.entries.lock().unwrap().get_mut(inst) {
             if e.current.is_some() {
@@ -158,7 +209,7 @@ impl Ledger {
         }
     }
 
-    pub fn compensated(&self, inst: &str, restored: bool, rolled_back: bool, detail: &str) {
+    fn compensated_inner(&self, inst: &str, restored: bool, rolled_back: bool, detail: &str) {
         let mut e = self.entries.lock().unwrap();
         let entry = e.entry(inst.to_string()).or_default();
         entry.compensation = Some(detail.to_string());

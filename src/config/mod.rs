@@ -29,6 +29,8 @@ pub struct Inventory {
     pub lb: LbSettings,
     pub database: Option<Database>,
     pub instances: Vec<Instance>,
+    /// Name → position in `instances`, built on first lookup.
+    index: std::sync::OnceLock<std::collections::HashMap<String, usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,8 +204,23 @@ impl Inventory {
         Self::parse(Path::new("<placeholder>"), text).expect("placeholder inventory is valid")
     }
 
+    /// The instance called `name`: a hash lookup, since every primitive call
+    /// resolves its instance argument (six per instance in a rolling plan).
     pub fn instance(&self, name: &str) -> Option<&Instance> {
-        self.instances.iter().find(|i| i.name == name)
+        let index = self.index.get_or_init(|| {
+            self.instances
+                .iter()
+                .enumerate()
+                .map(|(i, inst)| (inst.name.clone(), i))
+                .collect()
+        });
+        index.get(name).map(|&i| &self.instances[i])
+    }
+
+    /// Adds instances (discovery), keeping the lookup index right.
+    pub fn add_instance(&mut self, inst: Instance) {
+        self.instances.push(inst);
+        self.index = std::sync::OnceLock::new();
     }
 
     /// The port the LB forwards to for this instance.

@@ -237,6 +237,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
         lb,
         database,
         instances,
+        index: Default::default(),
     })
 }
 

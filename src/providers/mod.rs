@@ -59,7 +59,7 @@ pub async fn discover(inv: Inventory) -> Result<Inventory, crate::primitives::Ac
                 .iter()
                 .any(|x| x.name == i.name || (x.id.is_some() && x.id == i.id));
             if !clash {
-                inv.instances.push(i);
+                inv.add_instance(i);
             }
         }
         if inv.instances.is_empty() {

@@ -35,7 +35,7 @@ Example: `for inst in instances() { info(inst.name); }`",
     func(
         "inventory",
         &["Map"],
-        "The inventory's settings: `app` (name, deploy, rollback, migrate), `health`, `lb` (kind, drain_timeout, min_in_service) and `instances`.
+        "The inventory's settings: `app` (name, deploy, rollback, migrate), `health`, `lb` (kind, drain_timeout, min_in_service, pools) and `instance_count` (the instances themselves: `instances()`).
 Example: `let deploy = inventory().app.deploy;`",
     )
     .register_into_engine(engine, move || -> Map { inventory_map(&c) });
@@ -254,12 +254,9 @@ fn inventory_map(c: &ScriptContext) -> Map {
     m.insert("lb".into(), lb.into());
     m.insert("has_database".into(), inv.database.is_some().into());
     m.insert("max_parallel".into(), (inv.ssh.max_parallel as INT).into());
-    let instances: Array = inv
-        .instances
-        .iter()
-        .map(|i| Dynamic::from(instance_map(inv, i)))
-        .collect();
-    m.insert("instances".into(), instances.into());
+    m.insert("instance_count".into(), (inv.instances.len() as INT).into());
+    // The instances themselves come from `instances()`: building 10,000 maps
+    // on every `inventory().app` lookup made large plans quadratic.
     m
 }
 
