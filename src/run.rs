@@ -302,6 +302,19 @@ pub async fn run_with(
         })
         .await;
     }
+    // Weights a failed run shifted go back as configured (a successful run
+    // keeps what the script left).
+    let shifted = effects.weights_changed();
+    if outcome != Outcome::Success && !shifted.is_empty() {
+        effects.renew_cancel();
+        warn!(
+            "the run stopped with the LB weights of {} instance(s) changed — putting them back as configured",
+            shifted.len()
+        );
+        if let Err(e) = effects.reset_weights().await {
+            error!("LB weights LEFT CHANGED for {}: {e}", shifted.join(", "));
+        }
+    }
     signals.abort();
     effects.close().await;
     if let Some(p) = progress {

@@ -38,9 +38,10 @@ pub mod limits {
     /// Enough for a plan over 10,000 instances; an endless loop stops in seconds.
     pub const OPERATIONS: u64 = 200_000_000;
     pub const MODULES: usize = 64;
-    pub const STRING_BYTES: usize = 64 * 1024 * 1024;
-    pub const ARRAY_ITEMS: usize = 1_000_000;
-    pub const MAP_ENTRIES: usize = 100_000;
+    // No string, array or map size limits: Rhai enforces them by walking the
+    // whole value after every assignment, which made a plan of 10,000
+    // instances quadratic (118 s). Scripts are the operator's own code; the
+    // operations limit still ends a runaway loop.
 }
 
 pub struct Host {
@@ -65,9 +66,6 @@ impl Host {
             .set_max_expr_depths(limits::EXPR_DEPTH, limits::FN_EXPR_DEPTH)
             .set_max_operations(limits::OPERATIONS)
             .set_max_modules(limits::MODULES)
-            .set_max_string_size(limits::STRING_BYTES)
-            .set_max_array_size(limits::ARRAY_ITEMS)
-            .set_max_map_size(limits::MAP_ENTRIES)
             // Undefined variables are compile errors, caught before any step runs.
             .set_strict_variables(true)
             .set_fail_on_invalid_map_property(true)

@@ -174,6 +174,31 @@ pub trait LoadBalancer: Send + Sync {
     /// Waits until the LB's own health checks report `inst` healthy.
     async fn wait_in_service(&self, inst: &Instance, timeout: Duration) -> ActionResult<Duration>;
     async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()>;
+    /// Whether `set_weight` shifts traffic between members (HAProxy, nginx);
+    /// ELBv2 weighs target groups, not targets.
+    fn supports_weights(&self) -> bool {
+        false
+    }
+    /// Puts `inst` back to its configured weight (HAProxy: the weight in
+    /// haproxy.cfg; nginx: the inventory's `weight`, else nginx's default).
+    async fn reset_weight(&self, inst: &Instance) -> ActionResult<()> {
+        Err(ActionError::new(
+            ErrorKind::Lb,
+            format!("{} has no per-instance weights", self.kind()),
+        )
+        .host(&inst.name))
+    }
+    /// Several weight changes at once (`None`: back to the configured
+    /// weight). Providers that reload per change (nginx) do it once.
+    async fn set_weights(&self, changes: &[(&Instance, Option<u32>)]) -> ActionResult<()> {
+        for (inst, w) in changes {
+            match w {
+                Some(w) => self.set_weight(inst, *w).await?,
+                None => self.reset_weight(inst).await?,
+            }
+        }
+        Ok(())
+    }
     async fn state(&self, inst: &Instance) -> ActionResult<MemberState>;
     /// How many of `fleet` the LB has in service right now.
     async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize>;

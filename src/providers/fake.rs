@@ -100,6 +100,12 @@ impl LoadBalancer for FakeLb {
     async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
         self.op(&format!("weight={weight}"), inst)
     }
+    fn supports_weights(&self) -> bool {
+        true
+    }
+    async fn reset_weight(&self, inst: &Instance) -> ActionResult<()> {
+        self.op("weight=reset", inst)
+    }
     async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
         Ok(self.state_of(&inst.name))
     }

@@ -409,7 +409,17 @@ impl LoadBalancer for HaproxyLb {
     }
 
     async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
-        self.set_server(inst, |b, s| set_weight_cmd(b, s, weight))
+        self.set_server(inst, |b, s| set_weight_cmd(b, s, &weight.to_string()))
+            .await
+    }
+
+    fn supports_weights(&self) -> bool {
+        true
+    }
+
+    /// `weight 100%`: HAProxy's relative weight, of the one in haproxy.cfg.
+    async fn reset_weight(&self, inst: &Instance) -> ActionResult<()> {
+        self.set_server(inst, |b, s| set_weight_cmd(b, s, "100%"))
             .await
     }
 
@@ -635,7 +645,8 @@ fn set_state_cmd(backend: &str, server: &str, state: AdminState) -> Result<Strin
     ))
 }
 
-fn set_weight_cmd(backend: &str, server: &str, weight: u32) -> Result<String, BadName> {
+/// `weight`: 0-256, or a percentage of the configured weight ("100%").
+fn set_weight_cmd(backend: &str, server: &str, weight: &str) -> Result<String, BadName> {
     Ok(format!(
         "set server {}/{} weight {weight}",
         checked("backend", backend)?,
@@ -1126,7 +1137,7 @@ be1,BACKEND,0,0,2,3,,17,0,0,,0,,1,0,0,0,UP,8,1,0,1,1,1,1,,1,3,0,,0,,1,0,,0,,,,0,
             "set server credit_radar/web-1 state drain"
         );
         assert_eq!(
-            set_weight_cmd("be", "web-1", 10).unwrap(),
+            set_weight_cmd("be", "web-1", "10").unwrap(),
             "set server be/web-1 weight 10"
         );
         for bad in [

@@ -431,6 +431,35 @@ impl LoadBalancer for NginxLb {
         Ok(())
     }
 
+    fn supports_weights(&self) -> bool {
+        true
+    }
+
+    async fn reset_weight(&self, inst: &Instance) -> ActionResult<()> {
+        self.set_weights(&[(inst, None)]).await
+    }
+
+    /// One rewrite and one reload for all of `changes`; `None` is the
+    /// inventory's weight (or none, nginx's default of 1).
+    async fn set_weights(&self, changes: &[(&Instance, Option<u32>)]) -> ActionResult<()> {
+        if let Some((inst, _)) = changes.iter().find(|(_, w)| *w == Some(0)) {
+            const NO_ZERO: &str = "nginx has no weight 0 (`weight=` must be 1 or more): use deregister(inst) to take it out of rotation";
+            return Err(ActionError::new(ErrorKind::InvalidArgument, NO_ZERO).host(&inst.name));
+        }
+        let targets: Vec<(String, Option<u32>)> = changes
+            .iter()
+            .map(|(inst, w)| (self.addr(inst), w.or(inst.weight)))
+            .collect();
+        self.apply(|up| {
+            for (addr, w) in &targets {
+                up.server(addr)?.weight = *w;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
         let up = self.read_state().await.map_err(|e| e.host(&inst.name))?;
         Ok(match up.as_ref().and_then(|u| u.find(&self.addr(inst))) {

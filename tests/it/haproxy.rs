@@ -591,3 +591,59 @@ fn the_cli_cycles_every_instance_through_haproxy_and_plan_touches_nothing() {
         );
     }
 }
+
+const SHIFT_WEB_1: &str =
+    "let got = shift_traffic([instances()[0]], \"20%\");\ninfo(`web-1 takes ${got}`);\n";
+
+#[test]
+fn shift_traffic_weighs_the_canary_and_a_failed_run_puts_the_weights_back() {
+    let fleet = Fleet::start(3);
+    let dir = fleet.haproxy.dir.path();
+    let weights = || -> Vec<String> {
+        ["web-1", "web-2", "web-3"]
+            .iter()
+            .map(|s| fleet.haproxy.stat(s, "weight"))
+            .collect()
+    };
+    assert_eq!(weights(), ["1", "1", "1"]);
+    std::fs::write(dir.join("shift.rhai"), SHIFT_WEB_1).unwrap();
+    std::fs::write(
+        dir.join("shift_fail.rhai"),
+        format!("{SHIFT_WEB_1}fail(\"gate_failed\", \"the gate says no\");\n"),
+    )
+    .unwrap();
+
+    // A run that succeeds keeps the weights it set: 1 against 2 for 20 %.
+    let out = rollscript()
+        .current_dir(dir)
+        .args(["run", "shift.rhai", "-i", "rollscript.toml", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("haproxy: weight 128 for web-1, 256 for the other 2 instance(s): 20.0% of the traffic to web-1"),
+        "{stderr}"
+    );
+    assert_eq!(weights(), ["128", "256", "256"]);
+    let served = fleet.traffic(50);
+    let to_web1 = served.iter().filter(|s| *s == "web-1").count();
+    assert!(
+        (8..=12).contains(&to_web1),
+        "web-1 served {to_web1} of 50: {served:?}"
+    );
+
+    // A run that fails after shifting puts every weight back as configured.
+    let out = rollscript()
+        .current_dir(dir)
+        .args(["run", "shift_fail.rhai", "-i", "rollscript.toml", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the run stopped with the LB weights of 3 instance(s) changed — putting them back as configured"),
+        "{stderr}"
+    );
+    assert_eq!(weights(), ["1", "1", "1"]);
+}

@@ -527,3 +527,65 @@ fn the_cli_cycles_every_instance_through_nginx_and_plan_touches_nothing() {
         );
     }
 }
+
+const SHIFT_WEB_1: &str =
+    "let got = shift_traffic([instances()[0]], \"20%\");\ninfo(`web-1 takes ${got}`);\n";
+
+#[test]
+fn shift_traffic_rewrites_the_weights_in_one_reload_and_a_failed_run_puts_them_back() {
+    let fleet = Fleet::start(3);
+    let dir = fleet.nginx.dir.path();
+    let file_before = fleet.nginx.upstream();
+    std::fs::write(dir.join("shift.rhai"), SHIFT_WEB_1).unwrap();
+    std::fs::write(
+        dir.join("shift_fail.rhai"),
+        format!("{SHIFT_WEB_1}fail(\"gate_failed\", \"the gate says no\");\n"),
+    )
+    .unwrap();
+    let reloads = fleet.reloads();
+
+    let out = rollscript()
+        .current_dir(dir)
+        .args(["run", "shift.rhai", "-i", "rollscript.toml", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        servers(&fleet.nginx.upstream_file),
+        [
+            format!("server {} weight=128;", fleet.addr("web-1")),
+            format!("server {} weight=256;", fleet.addr("web-2")),
+            format!("server {} weight=256;", fleet.addr("web-3")),
+        ]
+    );
+    assert_eq!(fleet.reloads(), reloads + 1, "three weights, one reload");
+    let served = fleet.traffic(10);
+    let to_web1 = served.iter().filter(|s| *s == "web-1").count();
+    assert_eq!(to_web1, 2, "web-1 served {to_web1} of 10: {served:?}");
+
+    let out = rollscript()
+        .current_dir(dir)
+        .args(["run", "shift_fail.rhai", "-i", "rollscript.toml", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("putting them back as configured"),
+        "{stderr}"
+    );
+    assert_eq!(
+        servers(&fleet.nginx.upstream_file),
+        servers_of(&file_before),
+        "no weight= left"
+    );
+}
+
+fn servers_of(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server "))
+        .map(str::to_string)
+        .collect()
+}

@@ -291,6 +291,111 @@ fn canary_on_nginx_bakes_then_promotes_with_zero_failed_requests() {
     canary_promotes_after_the_bake(LbKind::Nginx);
 }
 
+/// Canary by LB weight: web-1 takes 10 % of the traffic for the bake (not
+/// the third equal weights would give), then the weights go back as they
+/// were and the rest is deployed.
+fn canary_by_weight_bakes_at_its_share_then_promotes(lb: LbKind) {
+    let _one = one_at_a_time();
+    let fleet = FleetSpec::new(lb, 3).start();
+    let inv = fleet.inventory().write(&fleet.path("rollscript.toml"));
+    let configured = fleet.weights();
+
+    let load = Load::start(fleet.lb_addr(), RATE, MAX_LOAD);
+    std::thread::sleep(LEAD);
+    let from = load.elapsed();
+    let args = run_args(
+        "canary",
+        &inv,
+        &[
+            "version=v2",
+            "stage_by=weight",
+            "stages=10%,100%",
+            "bake=5s",
+            "gate_interval=500ms",
+        ],
+    );
+    let mut running = Running::start(&strs(&args));
+    // Watch the LB while it runs: when web-1 served with a weight of its own.
+    let mut shifted: Vec<(Duration, Vec<(String, u32)>)> = Vec::new();
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    while !running.done() && std::time::Instant::now() < deadline {
+        let weights = fleet.weights();
+        let serving = fleet.lb_states()[0].1 == in_service(lb);
+        if serving && weights[0].1 != weights[1].1 {
+            shifted.push((load.elapsed(), weights));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait(RUN_TIMEOUT);
+    let to = load.elapsed();
+    std::thread::sleep(LEAD);
+    let r = LoadedRun {
+        run,
+        load: load.stop(),
+        from,
+        to,
+    };
+
+    assert_exit(
+        &fleet,
+        &r,
+        0,
+        "canary done: all 3 instances on the new release",
+    );
+    assert_zero_failed(&fleet, &r);
+    assert_versions(&fleet, &r, &all(&fleet, "v2"));
+    assert_lb(&fleet, &r, &all(&fleet, in_service(lb)));
+    assert_eq!(
+        fleet.weights(),
+        configured,
+        "the weights are back as configured\n{}",
+        context(&fleet, &r.run, &r.load)
+    );
+    assert!(
+        r.run
+            .stderr
+            .contains("1 canary instance(s) take 10.0% of the traffic"),
+        "the stage names the share its weights give\n{}",
+        r.run.dump()
+    );
+
+    // The weights the LB had: web-1 one, web-2 and web-3 another, giving 10 %.
+    let (first, last) = match (shifted.first(), shifted.last()) {
+        (Some(f), Some(l)) if l.0 - f.0 >= Duration::from_secs(3) => (f, l),
+        _ => panic!(
+            "web-1 served with shifted weights for less than 3s of the 5s bake: {shifted:?}\n{}",
+            context(&fleet, &r.run, &r.load)
+        ),
+    };
+    let w = &first.1;
+    assert_eq!(w[1].1, w[2].1, "web-2 and web-3 weigh the same: {w:?}");
+    let share = f64::from(w[0].1) / f64::from(w[0].1 + w[1].1 + w[2].1);
+    assert!((share - 0.10).abs() < 0.005, "weights {w:?} give {share}");
+
+    // And the traffic followed: v2 (web-1 alone) answered about 10 % of the
+    // requests in that window, where equal weights would give a third.
+    let seen = r.load.versions_between(first.0, last.0);
+    let v2 = seen.get("v2").copied().unwrap_or(0) as f64;
+    let total: usize = seen.values().sum();
+    let got = v2 / total as f64;
+    assert!(
+        total >= 100 && (0.03..=0.2).contains(&got),
+        "web-1 answered {v2} of {total} requests ({:.1}%) while weighted for 10%: {seen:?}\n{}",
+        got * 100.0,
+        context(&fleet, &r.run, &r.load)
+    );
+}
+
+#[test]
+fn canary_by_weight_on_haproxy_sends_the_canary_its_share_with_zero_failed_requests() {
+    canary_by_weight_bakes_at_its_share_then_promotes(LbKind::Haproxy);
+}
+
+#[test]
+fn canary_by_weight_on_nginx_sends_the_canary_its_share_with_zero_failed_requests() {
+    canary_by_weight_bakes_at_its_share_then_promotes(LbKind::Nginx);
+}
+
 // ---- blue/green -------------------------------------------------------------------------
 
 fn blue_green_switches_and_switches_back(lb: LbKind) {
@@ -903,6 +1008,59 @@ fn canary_answering_500_fails_its_gate_on_haproxys_5xx_count_and_is_rolled_back(
         "no 500 after the run: the canary was rolled back\n{}",
         r.load.summary()
     );
+}
+
+#[test]
+fn canary_by_weight_answering_500_fails_its_gate_and_the_weights_go_back() {
+    let _one = one_at_a_time();
+    let fleet = FleetSpec::new(LbKind::Haproxy, 3)
+        .app_variant(BROKEN_APP)
+        .start();
+    let inv = fleet.inventory().write(&fleet.path("rollscript.toml"));
+    let configured = fleet.weights();
+    let r = run_under_load(
+        &fleet,
+        &inv,
+        "canary",
+        &[
+            "version=broken-v2",
+            "stage_by=weight",
+            "stages=25%,100%",
+            "bake=10s",
+            "gate_interval=500ms",
+        ],
+    );
+    assert_exit(
+        &fleet,
+        &r,
+        1,
+        "error[gate_failed]: canary aborted: stage 1 gate: web-1: ",
+    );
+    assert!(
+        r.run.took < Duration::from_secs(10),
+        "the gate stopped the 10s bake early: {:?}",
+        r.run.took
+    );
+    assert_eq!(
+        fleet.weights(),
+        configured,
+        "the weights are back as configured\n{}",
+        context(&fleet, &r.run, &r.load)
+    );
+    // Only the canary's own 500s failed, and none after the run.
+    assert!(
+        r.load.failures().iter().all(|s| s
+            .outcome
+            .as_ref()
+            .unwrap_err()
+            .starts_with("http 500: version=broken-v2 broken")
+            && s.at < r.to),
+        "only the canary's own 500s failed, during the run:\n{}",
+        context(&fleet, &r.run, &r.load)
+    );
+    assert_load_covered(&fleet, &r);
+    assert_versions(&fleet, &r, &all(&fleet, "v1"));
+    assert_lb(&fleet, &r, &all(&fleet, "UP"));
 }
 
 #[test]

@@ -78,6 +78,48 @@ Example: `set_weight(canary, 10);`",
 
     let c = ctx.clone();
     func(
+        "supports_weights",
+        &["bool"],
+        "Whether the load balancer can weigh instances against each other (HAProxy and nginx: yes; ELBv2 and `none`: no), for scripts that stage by weight.
+Example: `if !supports_weights() { fail(\"usage\", \"stage by count\"); }`",
+    )
+    .register_into_engine(engine, move || -> bool { c.effects.supports_weights() });
+
+    let c = ctx.clone();
+    func(
+        "shift_traffic",
+        &["group: Array", "share: Dynamic", "FLOAT"],
+        "Sets LB weights so that the instances in `group` receive about `share` (\"5%\" or 0.05, strictly between 0 and 100 %) of their fleet's traffic: `group` gets one weight, every other instance of the fleet (of the pool, with pools) another, both 1-256. Returns the share those integer weights give (0-1). A failed or interrupted run puts the weights back as configured; so does `reset_weights()`. Refused before any change on load balancers without weights.
+Example: `let got = shift_traffic([canary], \"5%\"); info(`canary takes ${got * 100.0}%`);`",
+    )
+    .register_into_engine(
+        engine,
+        move |group: rhai::Array, share: Dynamic| -> RhaiResult<f64> {
+            let share = share_arg(&share)?;
+            let group = group
+                .iter()
+                .map(|i| instance_arg(&c.effects.inventory, i))
+                .collect::<RhaiResult<Vec<_>>>()?;
+            c.block_on(c.effects.shift_traffic(&group, share))
+                .map_err(throw)
+        },
+    );
+
+    let c = ctx.clone();
+    func(
+        "reset_weights",
+        &["INT"],
+        "Puts every LB weight this run changed (`set_weight`, `shift_traffic`) back as configured: HAProxy `weight 100%` (the weight in haproxy.cfg), nginx the inventory's `weight` or none. Returns how many instances it reset (0 when none changed).
+Example: `reset_weights();`",
+    )
+    .register_into_engine(engine, move || -> RhaiResult<INT> {
+        c.block_on(c.effects.reset_weights())
+            .map(|n| n as INT)
+            .map_err(throw)
+    });
+
+    let c = ctx.clone();
+    func(
         "lb_state",
         &["inst: Map", "String"],
         "What the load balancer says about `inst` now: `in_service`, `draining`, `out_of_service`, `unhealthy`, `starting` or `unknown`.
@@ -135,4 +177,26 @@ Example: `switch_pool(\"green\");`",
         }
         c.block_on(c.effects.switch_pool(pool)).map_err(throw)
     });
+}
+
+/// A share of traffic: "25%" or 0.25.
+fn share_arg(v: &Dynamic) -> RhaiResult<f64> {
+    if let Ok(f) = v.as_float() {
+        return Ok(f);
+    }
+    if v.is_string() {
+        let text = v.to_string();
+        if let Some(p) = text.trim().strip_suffix('%') {
+            if let Ok(p) = p.trim().parse::<f64>() {
+                return Ok(p / 100.0);
+            }
+        }
+        return Err(invalid(format!(
+            "invalid share {text:?}: a percentage like \"5%\" or a fraction like 0.05"
+        )));
+    }
+    Err(invalid(format!(
+        "expected a share like \"5%\" or 0.05, got {}",
+        v.type_name()
+    )))
 }

@@ -331,6 +331,53 @@ impl Fleet {
         }
     }
 
+    /// Every instance's LB weight: HAProxy's `show stat` weight, nginx's
+    /// `weight=` in the upstream file (1, nginx's default, when absent).
+    pub fn weights(&self) -> Vec<(String, u32)> {
+        match &self.lb {
+            Lb::Haproxy(h) => {
+                let stats = h.stats();
+                self.instances
+                    .iter()
+                    .map(|i| {
+                        let w = stats
+                            .get(&i.name)
+                            .and_then(|row| row.get("weight"))
+                            .and_then(|w| w.parse().ok())
+                            .unwrap_or_else(|| panic!("no weight for {} in `show stat`", i.name));
+                        (i.name.clone(), w)
+                    })
+                    .collect()
+            }
+            Lb::Nginx(n) => {
+                let text = n.upstream();
+                self.instances
+                    .iter()
+                    .map(|i| {
+                        let line = text
+                            .lines()
+                            .map(|l| l.split('#').next().unwrap_or_default().trim())
+                            .find(|l| {
+                                l.strip_prefix("server ")
+                                    .and_then(|r| r.split_whitespace().next())
+                                    .map(|a| a.trim_end_matches(';'))
+                                    == Some(i.addr().as_str())
+                            })
+                            .unwrap_or_else(|| {
+                                panic!("no server {} in the upstream file:\n{text}", i.addr())
+                            });
+                        let w = line
+                            .trim_end_matches(';')
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("weight="))
+                            .map_or(1, |w| w.parse().unwrap());
+                        (i.name.clone(), w)
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// The PID in `name`'s app.pid (the running app process).
     pub fn app_pid(&self, name: &str) -> Option<u32> {
         fs::read_to_string(self.instance(name).dir.join("app.pid"))
