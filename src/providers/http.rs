@@ -12,27 +12,37 @@ use crate::primitives::{
 };
 
 pub struct HttpHealth {
-    client: reqwest::Client,
+    /// Built on the first check: building it loads the system's root
+    /// certificates (about half of `rollscript check`'s time), which plans
+    /// and checks never need.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl HttpHealth {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            // Health endpoints are checked directly, never through a proxy
-            // from the environment, and every attempt is a fresh connection
-            // so a dead instance cannot hide behind a pooled socket.
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("rollscript/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("http client builds");
-        Self { client }
+        Self {
+            client: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                // Health endpoints are checked directly, never through a proxy
+                // from the environment, and every attempt is a fresh connection
+                // so a dead instance cannot hide behind a pooled socket.
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("rollscript/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("http client builds")
+        })
     }
 
     async fn attempt(&self, probe: &HealthProbe) -> (bool, String) {
         let resp = self
-            .client
+            .client()
             .get(&probe.url)
             .timeout(probe.timeout)
             .send()
