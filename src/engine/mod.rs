@@ -76,10 +76,10 @@ impl Host {
             .on_debug(|s, src, pos| debug!(target: "script", "{}{pos:?}: {s}", src.unwrap_or("")));
         // Ctrl-C between statements; waits inside primitives watch the same token.
         let effects = ctx.effects.clone();
-        engine.on_progress(move |ops| {
-            // Every 256th operation: the check takes a lock, and a plan of
-            // 10,000 instances runs millions of operations.
-            if ops % 256 == 0 && effects.is_cancelled() {
+        // Checked on every operation, not every Nth: after a primitive
+        // returns "interrupted" the script must not run its catch block.
+        engine.on_progress(move |_ops| {
+            if effects.is_cancelled() {
                 Some(Dynamic::from("interrupted"))
             } else {
                 None
