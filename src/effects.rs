@@ -320,7 +320,9 @@ impl Effects {
         }
         let text = lb.describe(op, inst);
         info!(instance = %inst.name, step = "set_weight", "{text}");
-        self.weighted.lock().unwrap().insert(inst.name.clone());
+        if lb.supports_weights() {
+            self.weighted.lock().unwrap().insert(inst.name.clone());
+        }
         self.act("set_weight", Some(inst), &text, lb.set_weight(inst, weight))
             .await
     }

@@ -80,6 +80,15 @@ fn run(env: &Env, fakes: &Fakes, vars: &[(&str, &str)]) -> Outcome {
     rt.block_on(run_with(env.opts(vars), move |_| providers))
 }
 
+/// A run of the shipped `scripts/{script}.rhai`.
+fn run_script(env: &Env, fakes: &Fakes, script: &str, vars: &[(&str, &str)]) -> Outcome {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let providers = fakes.providers();
+    let mut opts = env.opts(vars);
+    opts.script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scripts/{script}.rhai"));
+    rt.block_on(run_with(opts, move |_| providers))
+}
+
 fn end_of(records: &[Record]) -> (String, Vec<String>, Vec<String>) {
     match records.last().unwrap() {
         Record::RunEnd {
@@ -355,4 +364,65 @@ fn only_failed_reruns_just_the_instances_that_failed() {
         Outcome::Invalid
     );
     assert!(none.lb.calls.all().is_empty());
+}
+
+const BY_WEIGHT: &[(&str, &str)] = &[
+    ("stage_by", "weight"),
+    ("stages", "10%,100%"),
+    ("bake", "0s"),
+    ("gate_interval", "1ms"),
+];
+
+#[test]
+fn canary_by_weight_weighs_the_canary_first_then_resets_before_the_rest() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    assert_eq!(
+        run_script(&env, &fakes, "canary", BY_WEIGHT),
+        Outcome::Success
+    );
+    let lb = fakes.lb.calls.all();
+    let at = |c: &str| {
+        lb.iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("no {c:?} in {lb:?}"))
+    };
+    // 1 of 3 at 10 %: 56 against 252 each, before the canary is deployed.
+    assert!(at("weight=56 web-1") < at("deregister web-1"), "{lb:?}");
+    assert!(at("weight=252 web-2") < at("deregister web-1"), "{lb:?}");
+    // Back as configured before the rest of the fleet goes.
+    assert!(at("register web-1") < at("weight=reset web-1"), "{lb:?}");
+    assert!(at("weight=reset web-3") < at("deregister web-2"), "{lb:?}");
+    assert_eq!(lb.iter().filter(|c| c.starts_with("weight=")).count(), 6);
+}
+
+#[test]
+fn canary_by_weight_whose_deploy_fails_rolls_back_then_resets_the_weights() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    fakes.ssh.fail("web-1", "deploy.sh", 7, "disk full");
+    assert_eq!(
+        run_script(&env, &fakes, "canary", BY_WEIGHT),
+        Outcome::Failed
+    );
+    let lb = fakes.lb.calls.all();
+    let resets: Vec<&String> = lb
+        .iter()
+        .filter(|c| c.starts_with("weight=reset"))
+        .collect();
+    assert_eq!(resets.len(), 3, "every weight back: {lb:?}");
+    // The canary is back in service (rolled back) before its weight grows.
+    let put_back = lb.iter().rposition(|c| c == "register web-1").unwrap();
+    let reset = lb.iter().position(|c| c == "weight=reset web-1").unwrap();
+    assert!(put_back < reset, "{lb:?}");
+    assert!(fakes
+        .ssh
+        .calls
+        .all()
+        .contains(&"ssh web-1: ./rollback.sh".to_string()));
+    assert!(
+        !lb.iter()
+            .any(|c| c.ends_with("web-2") && !c.starts_with("weight=")),
+        "{lb:?}"
+    );
 }
