@@ -596,7 +596,13 @@ impl Effects {
             }
             Ok(out)
         };
-        self.act(op, target, &text, checked).await
+        let out = self.act(op, target, &text, checked).await?;
+        let is_rollback = matches!((cmd, &self.inventory.app.rollback),
+            (Cmd::Shell(c), Some(r)) if c == r);
+        if let (Some(inst), true) = (target, is_rollback) {
+            self.ledger.rollback_ran(&inst.name);
+        }
+        Ok(out)
     }
 
     // ---- health ---------------------------------------------------------------

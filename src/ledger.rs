@@ -21,6 +21,11 @@ pub struct Entry {
     pub touched: bool,
     /// A command succeeded while out and it went back in: updated.
     pub updated: bool,
+    /// `app.rollback` ran while out: going back in makes it rolled back,
+    /// not updated.
+    pub rollback_ran: bool,
+    /// Back in after `app.rollback`: on the old release again.
+    pub rolled_back: bool,
     pub error: Option<String>,
     /// What compensation did, if it ran.
     pub compensation: Option<String>,
@@ -42,6 +47,7 @@ impl Entry {
             (Some(e), true, None) => format!("LEFT OUT: {e}"),
             (Some(e), false, None) => format!("failed: {e}"),
             (None, true, None) => "out of service".into(),
+            (None, false, None) if self.rolled_back => "rolled back".into(),
             (None, false, None) if self.updated => "updated".into(),
             (None, false, None) if self.steps > 0 => "ok".into(),
             _ => "untouched".into(),
@@ -55,7 +61,10 @@ impl Entry {
     /// Done with, one way or another: updated, failed, or compensated.
     pub fn finished(&self) -> bool {
         self.current.is_none()
-            && (self.updated || self.error.is_some() || self.compensation.is_some())
+            && (self.updated
+                || self.rolled_back
+                || self.error.is_some()
+                || self.compensation.is_some())
     }
 
     pub fn duration(&self) -> Duration {
@@ -145,10 +154,12 @@ impl Ledger {
             ("ssh", None) if entry.out => entry.touched = true,
             ("register", None) => {
                 if entry.touched {
-                    entry.updated = true;
+                    entry.updated = !entry.rollback_ran;
+                    entry.rolled_back = entry.rollback_ran;
                 }
                 entry.out = false;
                 entry.touched = false;
+                entry.rollback_ran = false;
             }
             _ => {}
         }
@@ -163,6 +174,13 @@ impl Ledger {
     pub fn finish(&self, inst: &str, op: &str, took: Duration, err: Option<&ActionError>) {
         self.finish_inner(inst, op, took, err);
         self.sync(inst);
+    }
+
+    /// `app.rollback` succeeded on `inst`.
+    pub fn rollback_ran(&self, inst: &str) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(inst) {
+            e.rollback_ran = true;
+        }
     }
 
     pub fn compensated(&self, inst: &str, restored: bool, rolled_back: bool, detail: &str) {
@@ -260,5 +278,37 @@ impl Ledger {
             .filter(|(_, e)| e.failed())
             .map(|(n, _)| n)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cycle(l: &Ledger, inst: &str, rollback: bool) {
+        for op in ["deregister", "wait_drained", "ssh"] {
+            l.begin(inst, "x");
+            l.finish(inst, op, Duration::ZERO, None);
+        }
+        if rollback {
+            l.rollback_ran(inst);
+        }
+        l.begin(inst, "register");
+        l.finish(inst, "register", Duration::ZERO, None);
+    }
+
+    #[test]
+    fn an_instance_deployed_then_rolled_back_is_rolled_back_not_updated() {
+        let l = Ledger::new(["web-1".to_string(), "web-2".to_string()]);
+        cycle(&l, "web-1", false);
+        cycle(&l, "web-2", false);
+        cycle(&l, "web-1", true);
+        let s = l.snapshot();
+        assert_eq!(s[0].1.outcome(), "rolled back");
+        assert_eq!(s[1].1.outcome(), "updated");
+        assert!(s[0].1.finished());
+        // Deployed again after the rollback: updated once more.
+        cycle(&l, "web-1", false);
+        assert_eq!(l.snapshot()[0].1.outcome(), "updated");
     }
 }

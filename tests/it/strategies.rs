@@ -823,6 +823,22 @@ fn rolling_fails_on_web_2_and_rolls_back(min_in_service: usize) {
         "web-1 served v2 before it was rolled back: {}",
         r.load.summary()
     );
+    // The summary says what each instance runs now.
+    let row = |name: &str| {
+        r.run
+            .stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no summary row for {name}\n{}", r.run.dump()))
+            .to_string()
+    };
+    assert!(row("web-1").ends_with("  rolled back"), "{}", row("web-1"));
+    assert!(
+        row("web-2").contains("restored (rolled back, healthy"),
+        "{}",
+        row("web-2")
+    );
+    assert!(row("web-3").ends_with("  untouched"), "{}", row("web-3"));
 }
 
 /// An `APP` for the fleet: a release named `broken-*` passes `/health` but
