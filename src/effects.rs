@@ -331,6 +331,15 @@ impl Effects {
         self.providers.lb.supports_weights()
     }
 
+    /// Counts every instance as re-weighted, so `reset_weights` puts the
+    /// whole fleet back as configured (`recover` after a killed run).
+    pub fn mark_all_weighted(&self) {
+        self.weighted
+            .lock()
+            .unwrap()
+            .extend(self.inventory.instances.iter().map(|i| i.name.clone()));
+    }
+
     /// Instances whose weight this run changed and has not reset.
     pub fn weights_changed(&self) -> Vec<String> {
         self.weighted.lock().unwrap().iter().cloned().collect()

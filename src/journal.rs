@@ -331,6 +331,9 @@ pub struct Summary {
     pub failed: Vec<String>,
     pub left_out: Vec<String>,
     pub effects: usize,
+    /// LB weights were changed (`shift_traffic`, `set_weight`) and neither
+    /// reset nor settled by the run's end: a killed run's weights.
+    pub weights_changed: bool,
 }
 
 /// Replays a journal. An intent without a result counts as done: a deregister
@@ -384,6 +387,11 @@ pub fn summarise(records: &[Record]) -> Summary {
             } => {
                 s.effects += 1;
                 intents.insert(*seq, (op.clone(), instance.clone()));
+                match op.as_str() {
+                    "shift_traffic" => s.weights_changed = true,
+                    "reset_weights" if results.get(seq) == Some(&true) => s.weights_changed = false,
+                    _ => {}
+                }
                 let Some(inst) = instance else { continue };
                 let ok = results.get(seq).copied();
                 match op.as_str() {
@@ -398,6 +406,7 @@ pub fn summarise(records: &[Record]) -> Summary {
                     "ssh" if out.contains(inst) && !never_started.contains(seq) => {
                         touched.insert(inst.clone());
                     }
+                    "set_weight" => s.weights_changed = true,
                     _ => {}
                 }
                 if ok == Some(false) {
@@ -422,6 +431,9 @@ pub fn summarise(records: &[Record]) -> Summary {
             } => {
                 s.outcome = Some(outcome.clone());
                 s.left_out = left_out.clone();
+                // A run that ended reset its weights on failure, or kept
+                // them on purpose.
+                s.weights_changed = false;
             }
             Record::Result { .. } => {}
         }

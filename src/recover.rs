@@ -41,7 +41,7 @@ fn pick(
             continue;
         };
         let s = journal::summarise(&records);
-        if !s.out_of_service.is_empty() {
+        if !s.out_of_service.is_empty() || s.weights_changed {
             return Ok(Some((path, s)));
         }
     }
@@ -91,7 +91,7 @@ pub async fn recover_with(
         );
         return Outcome::Locked;
     }
-    if summary.out_of_service.is_empty() {
+    if summary.out_of_service.is_empty() && !summary.weights_changed {
         release_stale_lock(inventory_path);
         println!(
             "nothing to recover: run {} left every instance in service",
@@ -123,12 +123,21 @@ pub async fn recover_with(
     };
 
     println!(
-        "recovering run {} (started {} by pid {} on {}): out of service: {}",
+        "recovering run {} (started {} by pid {} on {}): out of service: {}{}",
         summary.run,
         summary.started,
         summary.pid,
         summary.host,
-        summary.out_of_service.join(", ")
+        if summary.out_of_service.is_empty() {
+            "none".to_string()
+        } else {
+            summary.out_of_service.join(", ")
+        },
+        if summary.weights_changed {
+            "; LB weights changed"
+        } else {
+            ""
+        }
     );
     let journal = match Journal::append(&path) {
         Ok(j) => Arc::new(j),
@@ -162,6 +171,18 @@ pub async fn recover_with(
         tokio::task::spawn_blocking(move || compensate::compensate(&e2, &handle, &targets, None))
             .await
             .unwrap_or_default();
+    // Weights the dead run shifted: the whole fleet back as configured.
+    let mut weights_left = false;
+    if summary.weights_changed && effects.supports_weights() {
+        effects.mark_all_weighted();
+        match effects.reset_weights().await {
+            Ok(n) => println!("  LB weights: {n} instance(s) back as configured"),
+            Err(e) => {
+                weights_left = true;
+                println!("  LB weights: LEFT CHANGED — {e}");
+            }
+        }
+    }
     effects.close().await;
     let left: Vec<String> = fates
         .iter()
@@ -170,7 +191,7 @@ pub async fn recover_with(
         .collect();
     journal.best_effort(&Record::RunEnd {
         at: journal::now(),
-        outcome: if left.is_empty() {
+        outcome: if left.is_empty() && !weights_left {
             "recovered"
         } else {
             "recovered_partly"
@@ -196,7 +217,7 @@ pub async fn recover_with(
         summary.run,
         path.display()
     );
-    if left.is_empty() {
+    if left.is_empty() && !weights_left {
         Outcome::Success
     } else {
         Outcome::Failed

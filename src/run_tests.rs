@@ -426,3 +426,73 @@ fn canary_by_weight_whose_deploy_fails_rolls_back_then_resets_the_weights() {
         "{lb:?}"
     );
 }
+
+#[test]
+fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
+    let env = Env::new("1");
+    let dir = journal::runs_dir(&env.inventory());
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = Record::RunStart {
+        run: "20260101T000000Z-2".into(),
+        at: journal::now(),
+        script: "scripts/canary.rhai".into(),
+        script_sha256: String::new(),
+        inventory: env.inventory().display().to_string(),
+        inventory_sha256: String::new(),
+        user: "ops".into(),
+        host: lock::hostname(),
+        pid: 4_000_001,
+        args: vec![],
+    };
+    // Killed during the bake: weights shifted, the canary back in service.
+    let lines = [
+        serde_json::to_string(&start).unwrap(),
+        r#"{"type":"intent","seq":1,"at":"","op":"shift_traffic","text":""}"#.into(),
+        r#"{"type":"result","seq":1,"at":"","ok":true,"duration_ms":1}"#.into(),
+        r#"{"type":"intent","seq":2,"at":"","op":"deregister","instance":"web-1","text":""}"#
+            .into(),
+        r#"{"type":"result","seq":2,"at":"","ok":true,"duration_ms":1}"#.into(),
+        r#"{"type":"intent","seq":3,"at":"","op":"register","instance":"web-1","text":""}"#.into(),
+        r#"{"type":"result","seq":3,"at":"","ok":true,"duration_ms":1}"#.into(),
+    ];
+    std::fs::write(
+        dir.join("20260101T000000Z-2.jsonl"),
+        lines.join("\n") + "\n",
+    )
+    .unwrap();
+    let summary = journal::summarise(&env.journal());
+    assert!(summary.weights_changed && summary.out_of_service.is_empty());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fakes = Fakes::new();
+    let p = fakes.providers();
+    assert_eq!(
+        rt.block_on(crate::recover::recover_with(
+            &env.inventory(),
+            None,
+            move |_| p
+        )),
+        Outcome::Success
+    );
+    assert_eq!(
+        fakes.lb.calls.all(),
+        [
+            "weight=reset web-1",
+            "weight=reset web-2",
+            "weight=reset web-3"
+        ]
+    );
+    assert!(!journal::summarise(&env.journal()).weights_changed);
+
+    let again = Fakes::new();
+    let p = again.providers();
+    assert_eq!(
+        rt.block_on(crate::recover::recover_with(
+            &env.inventory(),
+            None,
+            move |_| p
+        )),
+        Outcome::Success
+    );
+    assert!(again.lb.calls.all().is_empty(), "nothing left to recover");
+}

@@ -13,7 +13,7 @@ use rollscript::providers::haproxy::HaproxyLb;
 
 use crate::harness::backend::{get, wait_until, Backend};
 use crate::harness::haproxy::Haproxy;
-use crate::harness::rollscript;
+use crate::harness::{rollscript, Proc};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -644,6 +644,67 @@ fn shift_traffic_weighs_the_canary_and_a_failed_run_puts_the_weights_back() {
     assert!(
         stderr.contains("the run stopped with the LB weights of 3 instance(s) changed — putting them back as configured"),
         "{stderr}"
+    );
+    assert_eq!(weights(), ["1", "1", "1"]);
+}
+
+#[test]
+fn recover_after_a_kill_puts_shifted_weights_back_as_configured() {
+    let fleet = Fleet::start(3);
+    let dir = fleet.haproxy.dir.path();
+    let weights = || -> Vec<String> {
+        ["web-1", "web-2", "web-3"]
+            .iter()
+            .map(|s| fleet.haproxy.stat(s, "weight"))
+            .collect()
+    };
+    std::fs::write(
+        dir.join("shift_then_bake.rhai"),
+        format!("{SHIFT_WEB_1}sleep(\"60s\");\n"),
+    )
+    .unwrap();
+    // Stopped by PID on drop, also if an assertion below fails.
+    let mut run = Proc::spawn(
+        "rollscript run",
+        rollscript()
+            .current_dir(dir)
+            .args([
+                "run",
+                "shift_then_bake.rhai",
+                "-i",
+                "rollscript.toml",
+                "--yes",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_until("the weights shifted", WAIT, || {
+        weights() == ["128", "256", "256"]
+    });
+    // kill -9: no compensation of its own.
+    run.signal(libc::SIGKILL);
+    run.child.wait().unwrap();
+    assert_eq!(weights(), ["128", "256", "256"]);
+
+    let out = rollscript()
+        .current_dir(dir)
+        .args(["recover", "-i", "rollscript.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("out of service: none; LB weights changed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("LB weights: 3 instance(s) back as configured"),
+        "{stdout}"
     );
     assert_eq!(weights(), ["1", "1", "1"]);
 }
