@@ -66,6 +66,28 @@ impl Env {
         }
     }
 
+    /// Writes the journal of run `id`, whose process is gone: its start,
+    /// then `records` (JSON lines), and no end.
+    fn dead_run(&self, id: &str, records: &[&str]) {
+        let dir = journal::runs_dir(&self.inventory());
+        std::fs::create_dir_all(&dir).unwrap();
+        let start = Record::RunStart {
+            run: id.into(),
+            at: journal::now(),
+            script: "scripts/rolling.rhai".into(),
+            script_sha256: String::new(),
+            inventory: self.inventory().display().to_string(),
+            inventory_sha256: String::new(),
+            user: "ops".into(),
+            host: lock::hostname(),
+            pid: 4_000_000,
+            args: vec![],
+        };
+        let mut lines = vec![serde_json::to_string(&start).unwrap()];
+        lines.extend(records.iter().map(|r| r.to_string()));
+        std::fs::write(dir.join(format!("{id}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+
     /// The first run's journal.
     fn journal(&self) -> Vec<Record> {
         let files = journal::list(&self.inventory());
@@ -243,32 +265,14 @@ fn a_live_lock_holder_stops_a_second_run_with_exit_3() {
 fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
     let env = Env::new("1");
     // A run that died (pid not alive) after deregistering web-2 and starting its deploy.
-    let dir = journal::runs_dir(&env.inventory());
-    std::fs::create_dir_all(&dir).unwrap();
-    let start = Record::RunStart {
-        run: "20260101T000000Z-1".into(),
-        at: journal::now(),
-        script: "scripts/rolling.rhai".into(),
-        script_sha256: String::new(),
-        inventory: env.inventory().display().to_string(),
-        inventory_sha256: String::new(),
-        user: "ops".into(),
-        host: lock::hostname(),
-        pid: 4_000_000,
-        args: vec![],
-    };
-    let lines = [
-        serde_json::to_string(&start).unwrap(),
-        r#"{"type":"intent","seq":1,"at":"","op":"deregister","instance":"web-2","text":""}"#
-            .into(),
-        r#"{"type":"result","seq":1,"at":"","ok":true,"duration_ms":1}"#.into(),
-        r#"{"type":"intent","seq":2,"at":"","op":"ssh","instance":"web-2","text":""}"#.into(),
-    ];
-    std::fs::write(
-        dir.join("20260101T000000Z-1.jsonl"),
-        lines.join("\n") + "\n",
-    )
-    .unwrap();
+    env.dead_run(
+        "20260101T000000Z-1",
+        &[
+            r#"{"type":"intent","seq":1,"at":"","op":"deregister","instance":"web-2","text":""}"#,
+            r#"{"type":"result","seq":1,"at":"","ok":true,"duration_ms":1}"#,
+            r#"{"type":"intent","seq":2,"at":"","op":"ssh","instance":"web-2","text":""}"#,
+        ],
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let fakes = Fakes::new();
@@ -430,36 +434,18 @@ fn canary_by_weight_whose_deploy_fails_rolls_back_then_resets_the_weights() {
 #[test]
 fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
     let env = Env::new("1");
-    let dir = journal::runs_dir(&env.inventory());
-    std::fs::create_dir_all(&dir).unwrap();
-    let start = Record::RunStart {
-        run: "20260101T000000Z-2".into(),
-        at: journal::now(),
-        script: "scripts/canary.rhai".into(),
-        script_sha256: String::new(),
-        inventory: env.inventory().display().to_string(),
-        inventory_sha256: String::new(),
-        user: "ops".into(),
-        host: lock::hostname(),
-        pid: 4_000_001,
-        args: vec![],
-    };
     // Killed during the bake: weights shifted, the canary back in service.
-    let lines = [
-        serde_json::to_string(&start).unwrap(),
-        r#"{"type":"intent","seq":1,"at":"","op":"shift_traffic","text":""}"#.into(),
-        r#"{"type":"result","seq":1,"at":"","ok":true,"duration_ms":1}"#.into(),
-        r#"{"type":"intent","seq":2,"at":"","op":"deregister","instance":"web-1","text":""}"#
-            .into(),
-        r#"{"type":"result","seq":2,"at":"","ok":true,"duration_ms":1}"#.into(),
-        r#"{"type":"intent","seq":3,"at":"","op":"register","instance":"web-1","text":""}"#.into(),
-        r#"{"type":"result","seq":3,"at":"","ok":true,"duration_ms":1}"#.into(),
-    ];
-    std::fs::write(
-        dir.join("20260101T000000Z-2.jsonl"),
-        lines.join("\n") + "\n",
-    )
-    .unwrap();
+    env.dead_run(
+        "20260101T000000Z-2",
+        &[
+            r#"{"type":"intent","seq":1,"at":"","op":"shift_traffic","text":""}"#,
+            r#"{"type":"result","seq":1,"at":"","ok":true,"duration_ms":1}"#,
+            r#"{"type":"intent","seq":2,"at":"","op":"deregister","instance":"web-1","text":""}"#,
+            r#"{"type":"result","seq":2,"at":"","ok":true,"duration_ms":1}"#,
+            r#"{"type":"intent","seq":3,"at":"","op":"register","instance":"web-1","text":""}"#,
+            r#"{"type":"result","seq":3,"at":"","ok":true,"duration_ms":1}"#,
+        ],
+    );
     let summary = journal::summarise(&env.journal());
     assert!(summary.weights_changed && summary.out_of_service.is_empty());
 

@@ -420,15 +420,9 @@ impl LoadBalancer for NginxLb {
     }
 
     async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
-        if weight == 0 {
-            const NO_ZERO: &str = "nginx has no weight 0 (`weight=` must be 1 or more): use deregister(inst) to take it out of rotation";
-            return Err(ActionError::new(ErrorKind::InvalidArgument, NO_ZERO).host(&inst.name));
-        }
-        let addr = self.addr(inst);
-        self.apply(|up| up.server(&addr).map(|s| s.weight = Some(weight)))
+        self.set_weights(&[(inst, Some(weight))])
             .await
-            .map_err(|e| e.host(&inst.name))?;
-        Ok(())
+            .map_err(|e| e.host(&inst.name))
     }
 
     fn supports_weights(&self) -> bool {

@@ -13,7 +13,7 @@ use rollscript::providers::haproxy::HaproxyLb;
 
 use crate::harness::backend::{get, wait_until, Backend};
 use crate::harness::haproxy::Haproxy;
-use crate::harness::{rollscript, Proc};
+use crate::harness::{rollscript, Proc, SHIFT_WEB_1};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -591,9 +591,6 @@ fn the_cli_cycles_every_instance_through_haproxy_and_plan_touches_nothing() {
         );
     }
 }
-
-const SHIFT_WEB_1: &str =
-    "let got = shift_traffic([instances()[0]], \"20%\");\ninfo(`web-1 takes ${got}`);\n";
 
 #[test]
 fn shift_traffic_weighs_the_canary_and_a_failed_run_puts_the_weights_back() {

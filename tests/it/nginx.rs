@@ -14,7 +14,7 @@ use rollscript::providers::nginx::NginxLb;
 
 use crate::harness::backend::{get, wait_until, Backend};
 use crate::harness::nginx::Nginx;
-use crate::harness::rollscript;
+use crate::harness::{rollscript, SHIFT_WEB_1};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -108,9 +108,12 @@ fn inventory(nginx: &Nginx, backends: &[Backend], extra_lb_toml: &str) -> Invent
 
 /// The `server` lines of the upstream file, trimmed.
 fn servers(file: &Path) -> Vec<String> {
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
+    servers_of(&std::fs::read_to_string(file).unwrap())
+}
+
+/// The `server` lines of an upstream file's text, trimmed.
+fn servers_of(text: &str) -> Vec<String> {
+    text.lines()
         .map(str::trim)
         .filter(|l| l.starts_with("server "))
         .map(str::to_string)
@@ -528,9 +531,6 @@ fn the_cli_cycles_every_instance_through_nginx_and_plan_touches_nothing() {
     }
 }
 
-const SHIFT_WEB_1: &str =
-    "let got = shift_traffic([instances()[0]], \"20%\");\ninfo(`web-1 takes ${got}`);\n";
-
 #[test]
 fn shift_traffic_rewrites_the_weights_in_one_reload_and_a_failed_run_puts_them_back() {
     let fleet = Fleet::start(3);
@@ -580,12 +580,4 @@ fn shift_traffic_rewrites_the_weights_in_one_reload_and_a_failed_run_puts_them_b
         servers_of(&file_before),
         "no weight= left"
     );
-}
-
-fn servers_of(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("server "))
-        .map(str::to_string)
-        .collect()
 }

@@ -191,7 +191,12 @@ pub fn get(port: u16, path: &str) -> Result<(u16, String), String> {
     .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
+    parse_response(&raw)
+}
+
+/// The status and body of a whole HTTP/1.x response as read from a socket.
+pub fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;

@@ -815,16 +815,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw)
         .map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_string()))
+    super::backend::parse_response(&raw)
 }
 
 // ---- a rollscript process ------------------------------------------------------

@@ -960,19 +960,8 @@ pub fn http_get(addr: &str, path: &str) -> Result<Response, String> {
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw)
         .map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok(Response {
-        status,
-        body: body.to_string(),
-    })
+    let (status, body) = super::backend::parse_response(&raw)?;
+    Ok(Response { status, body })
 }
 
 /// Polls `cond` every 20 ms until it holds, or panics naming `what`.

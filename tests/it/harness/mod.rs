@@ -126,6 +126,11 @@ pub fn rollscript() -> Command {
     c
 }
 
+/// A script giving web-1 20 % of the traffic by LB weight (the HAProxy and
+/// nginx weight tests).
+pub const SHIFT_WEB_1: &str =
+    "let got = shift_traffic([instances()[0]], \"20%\");\ninfo(`web-1 takes ${got}`);\n";
+
 /// The repository root (for scripts/, examples/).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
