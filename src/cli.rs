@@ -80,6 +80,11 @@ pub enum Command {
         /// Re-run only the instances that failed (or were left out) in run RUN.
         #[arg(long, value_name = "RUN")]
         only_failed: Option<String>,
+        /// Also deploy instances found out of rotation before the run (parked
+        /// by an operator: HAProxy MAINT/DRAIN, nginx `down`, not registered
+        /// on ELBv2). They are left out of rotation afterwards.
+        #[arg(long)]
+        include_parked: bool,
     },
     /// Dry run: print every step the script would take and an estimated duration. Touches nothing.
     #[command(

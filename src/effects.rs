@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{format_duration, Instance, Inventory};
+use crate::guard::{self, CapacityGuard, Decision};
 use crate::journal::Journal;
 use crate::ledger::Ledger;
 use crate::plan::{Estimate, Recorder};
@@ -68,6 +69,17 @@ pub struct Effects {
     /// Instances whose LB weight this run changed and has not reset: a
     /// failed run puts them back to their configured weight.
     weighted: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Check-and-deregister as one critical section for every branch.
+    guard: CapacityGuard,
+    /// Blue/green: each pool's members, the fleet its capacity is counted in.
+    pool_fleets: std::collections::BTreeMap<String, Vec<Instance>>,
+    /// Out of rotation before the run (name → the LB's word for it): left
+    /// as found. Set once by [`Effects::survey`].
+    parked: RwLock<std::collections::HashMap<String, String>>,
+    /// `--include-parked`: parked instances are deployed but stay out.
+    include_parked: std::sync::atomic::AtomicBool,
+    /// Compensation is under way: a first Ctrl-C must not cancel it.
+    compensating: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +97,12 @@ impl Effects {
         cancel: CancellationToken,
     ) -> Self {
         let ledger = Ledger::new(inventory.instances.iter().map(|i| i.name.clone()));
+        let mut pool_fleets: std::collections::BTreeMap<String, Vec<Instance>> = Default::default();
+        for i in &inventory.instances {
+            if let Some(p) = &i.pool {
+                pool_fleets.entry(p.clone()).or_default().push(i.clone());
+            }
+        }
         Self {
             inventory,
             providers,
@@ -94,6 +112,11 @@ impl Effects {
             ledger,
             step_mode: std::sync::Mutex::new(StepMode::Off),
             weighted: Default::default(),
+            guard: CapacityGuard::default(),
+            pool_fleets,
+            parked: Default::default(),
+            include_parked: Default::default(),
+            compensating: Default::default(),
         }
     }
 
@@ -136,12 +159,51 @@ impl Effects {
         self.providers.lb.kind()
     }
 
+    /// Capacity may have changed (compensation put an instance back).
+    pub fn capacity_changed(&self) {
+        self.guard.changed();
+    }
+
+    /// Compensation starts or ends: while it runs, a first Ctrl-C is only
+    /// announced (cancelling it would leave instances out).
+    pub fn set_compensating(&self, on: bool) {
+        self.compensating
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_compensating(&self) -> bool {
+        self.compensating.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Checks the inventory against the LB (reads only): one sentence per
+    /// instance the LB disagrees about.
+    pub async fn verify_lb(&self) -> ActionResult<Vec<String>> {
+        if self.is_dry_run() {
+            return Ok(Vec::new());
+        }
+        self.cancellable(self.providers.lb.verify(&self.inventory.instances))
+            .await
+    }
+
+    /// Instances registered by this run without a `wait_in_service`: the
+    /// ones the LB reports in service now count as back.
+    pub async fn confirm_registered(&self) {
+        for name in self.ledger.registered_unconfirmed() {
+            let Some(inst) = self.inventory.instance(&name) else {
+                continue;
+            };
+            if let Ok(MemberState::InService) = self.state(inst).await {
+                self.ledger.confirm_in(&name);
+            }
+        }
+    }
+
     /// Instances this run took out of service and has not put back, by name.
     pub fn out_of_service(&self) -> Vec<String> {
         self.ledger
             .out_of_service()
             .into_iter()
-            .map(|(n, _)| n)
+            .map(|t| t.name)
             .collect()
     }
 
@@ -173,7 +235,7 @@ impl Effects {
         fut: impl Future<Output = ActionResult<T>>,
     ) -> ActionResult<T> {
         let name = inst.map(|i| i.name.as_str());
-        if op != "notify" && op != "health" {
+        if !matches!(op, "notify" | "health" | "wait_capacity") {
             self.step_gate(text).map_err(|e| match name {
                 Some(n) if e.host.is_none() => e.host(n),
                 _ => e,
@@ -192,6 +254,9 @@ impl Effects {
         if let Some(n) = name {
             self.ledger.finish(n, op, took, r.as_ref().err());
         }
+        // An instance may have come back (or a deregister failed): branches
+        // waiting for capacity look again.
+        self.guard.changed();
         r
     }
 
@@ -208,20 +273,29 @@ impl Effects {
     // ---- load balancer ------------------------------------------------------
 
     pub async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
-        self.capacity_guard(inst).await?;
+        if self.skip_parked(inst, "deregister") {
+            return Ok(());
+        }
         let lb = &self.providers.lb;
         let text = lb.describe(LbOp::Deregister, inst);
-        if self.record(text.clone(), Estimate::default()) {
+        if self.is_dry_run() {
+            self.plan_capacity(inst)?;
+            self.record(text, Estimate::default());
             self.ledger
                 .finish(&inst.name, "deregister", Duration::ZERO, None);
             return Ok(());
         }
+        // Held until the deregister is sent: check and act are one step.
+        let _section = self.take_capacity(inst).await?;
         info!(instance = %inst.name, step = "deregister", "{text}");
         self.act("deregister", Some(inst), &text, lb.deregister(inst))
             .await
     }
 
     pub async fn wait_drained(&self, inst: &Instance) -> ActionResult<DrainReport> {
+        if self.skip_parked(inst, "wait_drained") {
+            return Ok(DrainReport::default());
+        }
         let lb = &self.providers.lb;
         let timeout = self.inventory.lb.drain_timeout;
         let op = LbOp::WaitDrained { timeout };
@@ -275,11 +349,16 @@ impl Effects {
     }
 
     pub async fn register(&self, inst: &Instance) -> ActionResult<()> {
+        if self.skip_parked(inst, "register") {
+            return Ok(());
+        }
         let lb = &self.providers.lb;
         let text = lb.describe(LbOp::Register, inst);
         if self.record(text.clone(), Estimate::default()) {
+            // A plan assumes the LB takes it back: it counts as serving again.
             self.ledger
                 .finish(&inst.name, "register", Duration::ZERO, None);
+            self.ledger.confirm_in(&inst.name);
             return Ok(());
         }
         info!(instance = %inst.name, step = "register", "{text}");
@@ -288,6 +367,9 @@ impl Effects {
     }
 
     pub async fn wait_in_service(&self, inst: &Instance) -> ActionResult<Duration> {
+        if self.skip_parked(inst, "wait_in_service") {
+            return Ok(Duration::ZERO);
+        }
         let lb = &self.providers.lb;
         let timeout = self.inventory.lb.register_timeout;
         let op = LbOp::WaitInService { timeout };
@@ -490,63 +572,252 @@ impl Effects {
             .await
     }
 
-    /// Refuses a deregister that would leave fewer than `lb.min_in_service`
-    /// serving, counted from the LB's real state — whatever the script says.
-    async fn capacity_guard(&self, inst: &Instance) -> ActionResult<()> {
+    /// The fleet `inst`'s capacity is counted in: its pool (blue/green),
+    /// else the inventory. Borrowed: a plan over 10,000 instances asks this
+    /// for every one of them.
+    fn fleet_of(&self, inst: &Instance) -> &[Instance] {
+        match inst.pool.as_ref().and_then(|p| self.pool_fleets.get(p)) {
+            Some(pool) => pool,
+            None => &self.inventory.instances,
+        }
+    }
+
+    fn floor_of(&self, fleet: &[Instance]) -> usize {
+        self.inventory.lb.min_in_service.of_ceil(fleet.len())
+    }
+
+    /// One reading of the LB inside the critical section.
+    async fn capacity_now(&self, inst: &Instance) -> ActionResult<Decision> {
+        let fleet = self.fleet_of(inst);
+        let states = self.cancellable(self.providers.lb.states(fleet)).await?;
+        Ok(guard::decide(
+            fleet,
+            &states,
+            |n| self.ledger.is_out(n),
+            &inst.name,
+            self.floor_of(fleet),
+        ))
+    }
+
+    fn capacity_error(
+        &self,
+        inst: &Instance,
+        d: &Decision,
+        waited: Option<Duration>,
+    ) -> ActionError {
+        let why = match waited {
+            Some(w) => format!(
+                "; waited {} for an instance to come back",
+                format_duration(w)
+            ),
+            None if !d.worth_waiting() => {
+                "; no instance this run took out is there to come back".to_string()
+            }
+            None => String::new(),
+        };
+        ActionError::new(
+            ErrorKind::Capacity,
+            format!(
+                "capacity guard: taking {} out would leave {} of {} instances in service, below lb.min_in_service = {} ({}){why}",
+                inst.name,
+                d.after,
+                d.fleet,
+                self.inventory.lb.min_in_service,
+                d.floor
+            ),
+        )
+        .host(inst.name.clone())
+        .detail("in_service", d.serving)
+        .detail("min_in_service", d.floor)
+    }
+
+    /// Enters the capacity critical section with room to take `inst` out,
+    /// counted from the LB's real state — whatever the script says. Waits
+    /// (journalled as `wait_capacity`, bounded by `lb.register_timeout` +
+    /// `lb.drain_timeout`) while instances this run took out are on their
+    /// way back; refuses at once when none is.
+    async fn take_capacity(
+        &self,
+        inst: &Instance,
+    ) -> ActionResult<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        if self.providers.lb.kind() == "none" {
+            return Ok(None);
+        }
+        let mut changed = Box::pin(self.guard.next_change());
+        changed.as_mut().enable();
+        let section = self
+            .cancellable(async { Ok(self.guard.section().await) })
+            .await?;
+        let d = self.capacity_now(inst).await?;
+        if d.allowed() {
+            return Ok(Some(section));
+        }
+        drop(section);
+        if !d.worth_waiting() {
+            return Err(self.capacity_error(inst, &d, None));
+        }
+        let bound = self.inventory.lb.register_timeout + self.inventory.lb.drain_timeout;
+        let text = format!(
+            "{}: waiting for capacity: taking it out would leave {} of {} in service (lb.min_in_service = {}); waiting up to {} for an instance to come back",
+            inst.name,
+            d.after,
+            d.fleet,
+            self.inventory.lb.min_in_service,
+            format_duration(bound)
+        );
+        info!(instance = %inst.name, step = "wait_capacity", "{text}");
+        let wait = async {
+            let started = tokio::time::Instant::now();
+            let mut changed = changed;
+            loop {
+                self.ledger.set_detail(
+                    &inst.name,
+                    format!(
+                        "waiting for capacity ({} of {} in service)",
+                        d.serving, d.fleet
+                    ),
+                );
+                // An instance may also come back by the LB's own checks.
+                let poll = self
+                    .inventory
+                    .lb
+                    .poll_interval
+                    .unwrap_or(Duration::from_millis(500));
+                tokio::select! {
+                    _ = &mut changed => {},
+                    _ = tokio::time::sleep(poll) => {},
+                }
+                changed = Box::pin(self.guard.next_change());
+                changed.as_mut().enable();
+                let section = self.guard.section().await;
+                let d = self.capacity_now(inst).await?;
+                if d.allowed() {
+                    return Ok(section);
+                }
+                drop(section);
+                let waited = started.elapsed();
+                if waited >= bound || !d.worth_waiting() {
+                    return Err(self.capacity_error(inst, &d, Some(waited)));
+                }
+            }
+        };
+        let section = self.act("wait_capacity", Some(inst), &text, wait).await?;
+        Ok(Some(section))
+    }
+
+    /// The plan's view of the guard: parallel branches run one after another
+    /// in a dry run, so the instances of the branches that would be out at
+    /// the same time are counted from the recorder's lanes. A branch that
+    /// would wait is noted, and the group's concurrency capped to what the
+    /// floor allows, so the estimate is the real one.
+    fn plan_capacity(&self, inst: &Instance) -> ActionResult<()> {
         if self.providers.lb.kind() == "none" {
             return Ok(());
         }
-        // Blue/green: each pool is its own fleet. Borrowed, not cloned: a
-        // plan over 10,000 instances runs this for every one of them.
-        let pool_members: Vec<Instance>;
-        let fleet: &[Instance] = match &inst.pool {
-            Some(pool) => {
-                pool_members = self
-                    .inventory
-                    .instances
-                    .iter()
-                    .filter(|i| i.pool.as_deref() == Some(pool))
-                    .cloned()
-                    .collect();
-                &pool_members
-            }
-            None => &self.inventory.instances,
+        let Some(rec) = &self.recorder else {
+            return Ok(());
         };
-        let floor = self.inventory.lb.min_in_service.of_ceil(fleet.len());
-        let serving = if self.is_dry_run() {
-            // Only this run's own removals count in a plan; they are few.
-            let out = self.ledger.out_names();
-            let out_here = match &inst.pool {
-                None => out.len(),
-                Some(_) => fleet.iter().filter(|i| out.contains(&i.name)).count(),
-            };
-            fleet.len().saturating_sub(out_here)
-        } else {
-            self.cancellable(self.providers.lb.in_service_count(fleet))
-                .await?
+        let fleet = self.fleet_of(inst);
+        let floor = self.floor_of(fleet);
+        // Only this run's own removals count in a plan; they are few.
+        let out = self.ledger.out_names();
+        let out_here = match &inst.pool {
+            None => out.len(),
+            Some(_) => fleet.iter().filter(|i| out.contains(&i.name)).count(),
         };
-        let in_service_now = self.is_dry_run()
-            || self.cancellable(self.providers.lb.state(inst)).await? == MemberState::InService;
-        let after = if in_service_now {
-            serving.saturating_sub(1)
-        } else {
-            serving
+        let siblings = rec.concurrent_siblings();
+        let serving = fleet.len().saturating_sub(out_here + siblings);
+        let inst_serving = !out.contains(&inst.name);
+        let d = Decision {
+            serving,
+            after: serving.saturating_sub(inst_serving as usize),
+            floor,
+            fleet: fleet.len(),
+            ours_out: out_here + siblings,
         };
-        if after < floor {
-            return Err(ActionError::new(
-                ErrorKind::Capacity,
-                format!(
-                    "capacity guard: taking {} out would leave {after} of {} instances in service, below lb.min_in_service = {} ({floor})",
-                    inst.name,
-                    fleet.len(),
-                    self.inventory.lb.min_in_service
-                ),
-            )
-            .host(inst.name.clone())
-            .detail("in_service", serving)
-            .detail("min_in_service", floor));
+        if d.allowed() {
+            return Ok(());
         }
+        if out_here > 0 || siblings == 0 {
+            return Err(self.capacity_error(inst, &d, None));
+        }
+        let lanes = fleet.len().saturating_sub(floor).max(1);
+        rec.note(format!(
+            "{} waits for capacity: {} of {} would be out at once, lb.min_in_service = {} ({floor}); it goes when one is back in service (at most {lanes} at a time)",
+            inst.name,
+            siblings + 1,
+            fleet.len(),
+            self.inventory.lb.min_in_service,
+        ));
+        rec.cap_lanes(lanes);
         Ok(())
+    }
+
+    // ---- instances found out of rotation ------------------------------------
+
+    /// Reads every instance's LB state once, at the start of a run (under
+    /// the deploy lock): an instance an operator took out of rotation is
+    /// parked — not deployed and not put back (`--include-parked`: deployed,
+    /// left out). `ours`: instances an earlier run of ours left out
+    /// (`--only-failed`), which are not parked. An idle blue/green pool (no
+    /// member in rotation) is not parked: out of rotation is its normal state.
+    /// Returns the parked instances with the LB's word for their state.
+    pub async fn survey(
+        &self,
+        include_parked: bool,
+        ours: &std::collections::BTreeSet<String>,
+    ) -> ActionResult<Vec<(String, String)>> {
+        self.include_parked
+            .store(include_parked, std::sync::atomic::Ordering::SeqCst);
+        if self.is_dry_run() || self.providers.lb.kind() == "none" {
+            return Ok(Vec::new());
+        }
+        let lb = &self.providers.lb;
+        let fleet = &self.inventory.instances;
+        let states = self.cancellable(lb.states(fleet)).await?;
+        let idle_pool = |pool: &str| {
+            fleet
+                .iter()
+                .zip(&states)
+                .filter(|(i, _)| i.pool.as_deref() == Some(pool))
+                .all(|(_, s)| s.out_of_rotation())
+        };
+        let mut parked = Vec::new();
+        for (inst, state) in fleet.iter().zip(&states) {
+            if !state.out_of_rotation() || ours.contains(&inst.name) {
+                continue;
+            }
+            if inst.pool.as_deref().is_some_and(idle_pool) {
+                continue;
+            }
+            let word = lb.state_word(state);
+            self.ledger.park(&inst.name, &word);
+            parked.push((inst.name.clone(), word));
+        }
+        *self.parked.write().unwrap() = parked.iter().cloned().collect();
+        Ok(parked)
+    }
+
+    /// Parked and not `--include-parked`: `instances()` leaves it out.
+    pub fn hidden(&self, name: &str) -> bool {
+        !self
+            .include_parked
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && self.parked.read().unwrap().contains_key(name)
+    }
+
+    /// LB steps on a parked instance change nothing: it stays as found.
+    fn skip_parked(&self, inst: &Instance, op: &str) -> bool {
+        let parked = self.parked.read().unwrap();
+        let Some(word) = parked.get(&inst.name) else {
+            return false;
+        };
+        info!(
+            instance = %inst.name, step = op,
+            "{}: {op} skipped: out of rotation before the run ({word}), it stays out",
+            inst.name
+        );
+        true
     }
 
     // ---- commands -----------------------------------------------------------
@@ -816,16 +1087,7 @@ impl Effects {
 
 /// The pseudo-instance `local(cmd)` runs on.
 pub fn local_instance() -> Instance {
-    Instance {
-        name: "local".into(),
-        host: "localhost".into(),
-        port: None,
-        ssh_port: None,
-        health_port: None,
-        id: None,
-        pool: None,
-        weight: None,
-    }
+    Instance::local()
 }
 
 /// Integer weights (1-256) for `g` instances against `o` others so that the

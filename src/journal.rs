@@ -50,6 +50,10 @@ pub enum Record {
         error_kind: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         error: Option<String>,
+        /// The effect failed but may have taken place (a load-balancer request
+        /// sent, its answer lost): treated as done until the LB says otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unknown_outcome: bool,
     },
     /// An instance's fate after a failure, interruption or `recover`.
     Compensation {
@@ -191,6 +195,7 @@ impl Journal {
             duration_ms: duration.as_millis() as u64,
             error_kind: err.map(|e| e.kind.as_str().to_string()),
             error: err.map(|e| redact(&e.to_string())),
+            unknown_outcome: err.is_some_and(|e| e.unknown_outcome),
         });
     }
 
@@ -328,6 +333,9 @@ pub struct Summary {
     /// Of those, the ones on which a command ran after removal (a deploy may
     /// be half done: compensation runs the rollback on them).
     pub touched: Vec<String>,
+    /// Of those, the ones registered again whose return the LB had not yet
+    /// confirmed (`wait_in_service`): compensation asks the LB first.
+    pub registered: Vec<String>,
     pub failed: Vec<String>,
     pub left_out: Vec<String>,
     pub effects: usize,
@@ -347,15 +355,21 @@ pub fn summarise(records: &[Record]) -> Summary {
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut results: BTreeMap<u64, bool> = BTreeMap::new();
     let mut never_started: BTreeSet<u64> = BTreeSet::new();
+    let mut maybe_applied: BTreeSet<u64> = BTreeSet::new();
+    let mut registered: BTreeSet<String> = BTreeSet::new();
     for r in records {
         if let Record::Result {
             seq,
             ok,
             error_kind,
+            unknown_outcome,
             ..
         } = r
         {
             results.insert(*seq, *ok);
+            if *unknown_outcome {
+                maybe_applied.insert(*seq);
+            }
             let not_run = crate::primitives::ErrorKind::ALL
                 .iter()
                 .any(|k| Some(k.as_str()) == error_kind.as_deref() && k.command_never_started());
@@ -395,13 +409,22 @@ pub fn summarise(records: &[Record]) -> Summary {
                 let Some(inst) = instance else { continue };
                 let ok = results.get(seq).copied();
                 match op.as_str() {
-                    "deregister" if ok != Some(false) && !out.contains(inst) => {
+                    // A deregister that may have happened counts as done.
+                    "deregister"
+                        if (ok != Some(false) || maybe_applied.contains(seq))
+                            && !out.contains(inst) =>
+                    {
                         out.push(inst.clone());
+                        registered.remove(inst);
                     }
-                    // Only a register that finished puts an instance back.
-                    "register" if ok == Some(true) => {
+                    "register" if ok == Some(true) && out.contains(inst) => {
+                        registered.insert(inst.clone());
+                    }
+                    // Back only once the LB confirmed it in service.
+                    "wait_in_service" if ok == Some(true) && registered.contains(inst) => {
                         out.retain(|i| i != inst);
                         touched.remove(inst);
+                        registered.remove(inst);
                     }
                     "ssh" if out.contains(inst) && !never_started.contains(seq) => {
                         touched.insert(inst.clone());
@@ -421,6 +444,7 @@ pub fn summarise(records: &[Record]) -> Summary {
             } => {
                 if *restored {
                     out.retain(|i| i != instance);
+                    registered.remove(instance);
                 }
                 if *restored || *rolled_back {
                     touched.remove(instance);
@@ -441,6 +465,11 @@ pub fn summarise(records: &[Record]) -> Summary {
     s.touched = out
         .iter()
         .filter(|i| touched.contains(*i))
+        .cloned()
+        .collect();
+    s.registered = out
+        .iter()
+        .filter(|i| registered.contains(*i))
         .cloned()
         .collect();
     s.out_of_service = out;
@@ -470,6 +499,7 @@ mod tests {
             duration_ms: 0,
             error_kind: None,
             error: None,
+            unknown_outcome: false,
         }
     }
 
@@ -482,6 +512,8 @@ mod tests {
             result(2, true),
             intent(3, "register", "web-1"),
             result(3, true),
+            intent(6, "wait_in_service", "web-1"),
+            result(6, true),
             intent(4, "deregister", "web-2"),
             intent(5, "ssh", "web-2"),
         ]);

@@ -26,6 +26,13 @@ pub struct Entry {
     pub rollback_ran: bool,
     /// Back in after `app.rollback`: on the old release again.
     pub rolled_back: bool,
+    /// `register` succeeded and the LB has not yet confirmed it in service
+    /// (`wait_in_service`): still counted out, so a failure from here on is
+    /// compensated and the capacity guard does not count it.
+    pub registered: bool,
+    /// Out of rotation before the run (the LB's word: `MAINT`, `down`, …):
+    /// left as found.
+    pub parked: Option<String>,
     pub error: Option<String>,
     /// What compensation did, if it ran.
     pub compensation: Option<String>,
@@ -39,8 +46,38 @@ pub struct Entry {
 /// The ledger at one instant, in inventory order.
 pub type Snapshot = Vec<(String, Entry)>;
 
+/// An instance a run (or a dead run) left out of service: what compensation
+/// needs to know before it reads the LB's own view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    /// A command ran on it while it was out: a deploy may be half done.
+    pub touched: bool,
+    /// It was registered again and the LB had not confirmed it in service.
+    pub registered: bool,
+}
+
+impl Target {
+    fn of(name: String, e: &Entry) -> Self {
+        Self {
+            name,
+            touched: e.touched,
+            registered: e.registered,
+        }
+    }
+}
+
 impl Entry {
     pub fn outcome(&self) -> String {
+        if let Some(word) = &self.parked {
+            return match &self.error {
+                Some(e) => format!("parked ({word}), failed: {e}"),
+                None if self.steps > 0 => {
+                    format!("parked ({word}): deployed, left out of rotation")
+                }
+                None => format!("parked ({word}): left as found"),
+            };
+        }
         match (&self.error, self.out, &self.compensation) {
             (_, false, Some(c)) => format!("restored ({c})"),
             (_, true, Some(c)) => format!("LEFT OUT: {c}"),
@@ -126,9 +163,12 @@ impl Ledger {
         }
         match (op, err) {
             ("deregister", Some(err))
-                if !matches!(err.kind, ErrorKind::Cancelled | ErrorKind::Timeout) =>
+                if !err.unknown_outcome
+                    && !matches!(err.kind, ErrorKind::Cancelled | ErrorKind::Timeout) =>
             {
-                // The LB refused: the instance is still in rotation.
+                // The LB refused: the instance is still in rotation. (A
+                // request that may have been applied leaves it "maybe out":
+                // compensation reads the LB before deciding.)
                 entry.out = false;
                 entry.error = Some(
                     err.to_string()
@@ -150,19 +190,56 @@ impl Ledger {
                     entry.touched = true;
                 }
             }
-            ("deregister", None) => entry.out = true,
-            ("ssh", None) if entry.out => entry.touched = true,
-            ("register", None) => {
-                if entry.touched {
-                    entry.updated = !entry.rollback_ran;
-                    entry.rolled_back = entry.rollback_ran;
-                }
-                entry.out = false;
-                entry.touched = false;
-                entry.rollback_ran = false;
+            ("deregister", None) => {
+                entry.out = true;
+                entry.registered = false;
             }
+            ("ssh", None) if entry.out => entry.touched = true,
+            ("register", None) if entry.out => entry.registered = true,
+            // Back only once the LB says so: a failure between register and
+            // in service is compensated like any other.
+            ("wait_in_service", None) if entry.registered => Self::back_in(entry),
             _ => {}
         }
+    }
+
+    /// The LB confirmed `entry` in service again.
+    fn back_in(entry: &mut Entry) {
+        if entry.touched {
+            entry.updated = !entry.rollback_ran;
+            entry.rolled_back = entry.rollback_ran;
+        }
+        entry.out = false;
+        entry.touched = false;
+        entry.rollback_ran = false;
+        entry.registered = false;
+    }
+
+    /// `inst` was registered without a `wait_in_service` and the LB reports
+    /// it in service now (checked at the end of the run).
+    pub fn confirm_in(&self, inst: &str) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(inst) {
+            if e.registered {
+                Self::back_in(e);
+            }
+        }
+        self.sync(inst);
+    }
+
+    /// Out of rotation before the run: `word` is how the LB put it.
+    pub fn park(&self, inst: &str, word: &str) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(inst) {
+            e.parked = Some(word.to_string());
+        }
+    }
+
+    /// Registered by this run and not yet confirmed in service.
+    pub fn registered_unconfirmed(&self) -> Vec<String> {
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, e)| e.out && e.registered)
+            .map(|(n, _)| n)
+            .collect()
     }
 
     pub fn begin(&self, inst: &str, step: &'static str) {
@@ -232,6 +309,7 @@ impl Ledger {
         let entry = e.entry(inst.to_string()).or_default();
         entry.compensation = Some(detail.to_string());
         entry.out = !restored;
+        entry.registered = false;
         if rolled_back {
             entry.touched = false;
         }
@@ -252,23 +330,22 @@ impl Ledger {
         out
     }
 
-    /// Instances out of rotation because of this run, with whether a command
-    /// ran on them since.
-    pub fn out_of_service(&self) -> Vec<(String, bool)> {
+    /// Instances out of rotation because of this run, as compensation targets.
+    pub fn out_of_service(&self) -> Vec<Target> {
         self.snapshot()
             .into_iter()
             .filter(|(_, e)| e.out)
-            .map(|(n, e)| (n, e.touched))
+            .map(|(n, e)| Target::of(n, &e))
             .collect()
     }
 
     /// Out of service and not yet compensated (a script may have called
     /// `compensate` already: its verdict stands).
-    pub fn needs_compensation(&self) -> Vec<(String, bool)> {
+    pub fn needs_compensation(&self) -> Vec<Target> {
         self.snapshot()
             .into_iter()
             .filter(|(_, e)| e.out && e.compensation.is_none())
-            .map(|(n, e)| (n, e.touched))
+            .map(|(n, e)| Target::of(n, &e))
             .collect()
     }
 
@@ -293,8 +370,10 @@ mod tests {
         if rollback {
             l.rollback_ran(inst);
         }
-        l.begin(inst, "register");
-        l.finish(inst, "register", Duration::ZERO, None);
+        for op in ["register", "wait_in_service"] {
+            l.begin(inst, "x");
+            l.finish(inst, op, Duration::ZERO, None);
+        }
     }
 
     #[test]
@@ -310,5 +389,49 @@ mod tests {
         // Deployed again after the rollback: updated once more.
         cycle(&l, "web-1", false);
         assert_eq!(l.snapshot()[0].1.outcome(), "updated");
+    }
+
+    #[test]
+    fn registered_is_not_back_until_the_lb_confirms_it() {
+        let l = Ledger::new(["web-1".to_string()]);
+        for op in ["deregister", "wait_drained", "ssh", "register"] {
+            l.begin("web-1", "x");
+            l.finish("web-1", op, Duration::ZERO, None);
+        }
+        assert_eq!(l.out_names().len(), 1, "registered, not yet in service");
+        let err = ActionError::new(ErrorKind::HealthFailed, "marked DOWN");
+        l.begin("web-1", "wait_in_service");
+        l.finish("web-1", "wait_in_service", Duration::ZERO, Some(&err));
+        let t = l.needs_compensation();
+        assert_eq!(
+            t,
+            vec![Target {
+                name: "web-1".into(),
+                touched: true,
+                registered: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_deregister_whose_outcome_is_unknown_is_maybe_out() {
+        let l = Ledger::new(["web-1".to_string(), "web-2".to_string()]);
+        let unknown = ActionError::new(ErrorKind::Lb, "connection reset").outcome_unknown();
+        let refused = ActionError::new(ErrorKind::Lb, "No such server.");
+        l.begin("web-1", "deregister");
+        l.finish("web-1", "deregister", Duration::ZERO, Some(&unknown));
+        l.begin("web-2", "deregister");
+        l.finish("web-2", "deregister", Duration::ZERO, Some(&refused));
+        assert_eq!(
+            l.out_names().into_iter().collect::<Vec<_>>(),
+            vec!["web-1".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_parked_instance_says_so() {
+        let l = Ledger::new(["web-2".to_string()]);
+        l.park("web-2", "MAINT");
+        assert_eq!(l.snapshot()[0].1.outcome(), "parked (MAINT): left as found");
     }
 }

@@ -11,6 +11,7 @@
 //!   cancellation, bookkeeping of instances taken out of service, capacity guard).
 //! - [`primitives`]: the async Rust API as traits (`LoadBalancer`, `Transport`, `HealthCheck`).
 //! - [`providers`]: their implementations (haproxy, nginx, aws, none; ssh, local; http).
+//! - [`guard`]: the capacity guard (check and deregister as one critical section).
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts.
 
@@ -21,6 +22,7 @@ pub mod compensate;
 pub mod config;
 pub mod effects;
 pub mod engine;
+pub mod guard;
 pub mod journal;
 pub mod ledger;
 pub mod lock;

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             lock_wait,
             step,
             only_failed,
+            include_parked,
         } => runtime.block_on(run::run(RunOptions {
             script,
             inventory,
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
             lock_wait,
             only_failed,
             step,
+            include_parked,
         })),
         Command::Plan { script } => runtime.block_on(run::run(RunOptions {
             script,
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
             lock_wait: Duration::ZERO,
             only_failed: None,
             step: false,
+            include_parked: false,
         })),
         Command::Check { scripts } => runtime.block_on(async { run::check(&scripts) }),
         Command::Api {

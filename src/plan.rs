@@ -174,6 +174,34 @@ impl Recorder {
         }
     }
 
+    /// In the innermost `parallel` group, how many earlier branches would
+    /// still be running when the current one starts (branches go one after
+    /// another in a dry run; live, up to `limit` run at once).
+    pub fn concurrent_siblings(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        for f in st.stack.iter().rev() {
+            if let Frame::Group {
+                limit, branches, ..
+            } = f
+            {
+                return branches.len().min(limit.saturating_sub(1));
+            }
+        }
+        0
+    }
+
+    /// Caps the innermost group's concurrency (the capacity guard lets at
+    /// most `lanes` branches be out at once).
+    pub fn cap_lanes(&self, lanes: usize) {
+        let mut st = self.state.lock().unwrap();
+        for f in st.stack.iter_mut().rev() {
+            if let Frame::Group { limit, .. } = f {
+                *limit = (*limit).min(lanes.max(1));
+                return;
+            }
+        }
+    }
+
     pub fn lines(&self) -> Vec<Line> {
         self.state.lock().unwrap().lines.clone()
     }

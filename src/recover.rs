@@ -153,14 +153,18 @@ pub async fn recover_with(
         CancellationToken::new(),
     ));
     effects.set_journal(journal.clone());
-    let targets: Vec<(String, bool)> = summary
+    let targets: Vec<compensate::Target> = summary
         .out_of_service
         .iter()
-        .map(|n| (n.clone(), summary.touched.contains(n)))
+        .map(|n| compensate::Target {
+            name: n.clone(),
+            touched: summary.touched.contains(n),
+            registered: summary.registered.contains(n),
+        })
         .collect();
     // The dead run took these out: the ledger must know, so a failed
     // put-back is reported as left out.
-    for (name, _) in &targets {
+    for compensate::Target { name, .. } in &targets {
         effects
             .ledger
             .finish(name, "deregister", Duration::ZERO, None);

@@ -68,6 +68,8 @@ pub struct RunOptions {
     pub only_failed: Option<String>,
     /// Ask before each mutating step.
     pub step: bool,
+    /// Deploy instances found out of rotation before the run (they stay out).
+    pub include_parked: bool,
 }
 
 /// The folder imports resolve against.
@@ -124,6 +126,11 @@ pub async fn run_with(
         }
     };
     let inventory = Arc::new(inventory);
+    if opts.dry_run {
+        for e in inventory.missing_files() {
+            warn!("{e} (a run would refuse to start)");
+        }
+    }
     let only = match &opts.only_failed {
         None => None,
         Some(run_id) => match failed_of(&opts.inventory, run_id) {
@@ -159,6 +166,7 @@ pub async fn run_with(
         );
         ctx = ctx.only(names);
     }
+    let ours = ctx.only.clone().unwrap_or_default();
     let ctx = Arc::new(ctx);
     let host = Arc::new(Host::new(&script_dir(&opts.script), ctx.clone()));
     let compiled = match host.compile(&opts.script) {
@@ -168,6 +176,18 @@ pub async fn run_with(
             return Outcome::Invalid;
         }
     };
+    // The inventory against the machine and the LB, before any effect.
+    if !opts.dry_run {
+        if let Err(problems) = preflight(&effects).await {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!(
+                "nothing was touched: fix the inventory (or the load balancer) and run again"
+            );
+            return Outcome::Invalid;
+        }
+    }
 
     // Only now, with a script that compiles, take the lock and open a journal.
     let mut lock = None;
@@ -187,6 +207,23 @@ pub async fn run_with(
             }
             Err(e) => {
                 eprintln!("error: lock task failed: {e}");
+                return Outcome::Invalid;
+            }
+        }
+        // Under the lock, so another run's drains are not taken for an
+        // operator's: what is out of rotation now stays as found.
+        match effects.survey(opts.include_parked, &ours).await {
+            Ok(parked) => {
+                for (name, word) in parked {
+                    if opts.include_parked {
+                        warn!(instance = %name, "{name}: out of rotation before the run ({word}): deployed but left out of rotation (--include-parked)");
+                    } else {
+                        warn!(instance = %name, "{name}: out of rotation before the run ({word}): left as found (deploy it with --include-parked)");
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: reading the load balancer's state of the fleet: {e}");
                 return Outcome::Invalid;
             }
         }
@@ -270,11 +307,15 @@ pub async fn run_with(
         }
     };
 
+    // Registered without a wait: back if the LB says so.
+    effects.renew_cancel();
+    effects.confirm_registered().await;
     // Compensation: never leave an instance out silently. It gets its own
     // cancellation phase so it can still wait after a first Ctrl-C.
     let targets = effects.ledger.needs_compensation();
     if !targets.is_empty() {
         effects.renew_cancel();
+        effects.set_compensating(true);
         warn!(
             "the run {} with {} instance(s) out of service: {} — compensating",
             if outcome == Outcome::Success {
@@ -285,7 +326,7 @@ pub async fn run_with(
             targets.len(),
             targets
                 .iter()
-                .map(|(n, _)| n.as_str())
+                .map(|t| t.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -301,6 +342,7 @@ pub async fn run_with(
             compensate::compensate(&effects2, &handle, &targets, hook_ref)
         })
         .await;
+        effects.set_compensating(false);
     }
     // Weights a failed run shifted go back as configured (a successful run
     // keeps what the script left).
@@ -427,48 +469,91 @@ fn failed_of(inventory: &Path, id: &str) -> Result<std::collections::BTreeSet<St
     Ok(names)
 }
 
-/// First Ctrl-C or SIGTERM: cancel (waits end, the script stops at the next
-/// statement, compensation runs). Second: stop now — the journal records which
-/// instances are out, for `rollscript recover`.
+/// First Ctrl-C, SIGTERM or SIGHUP (the operator's ssh session dropped):
+/// cancel (waits end, the script stops at the next statement, compensation
+/// runs). A first signal *during* compensation only says what is going on:
+/// stopping it would leave instances out. Another one stops at once — the
+/// journal records which instances are out, for `rollscript recover`.
 async fn watch_signals(effects: Arc<Effects>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         return;
     };
-    let Ok(mut int) = signal(SignalKind::interrupt()) else {
-        return;
-    };
-    let mut first = true;
+    let mut cancelled = false;
+    let mut warned_compensating = false;
     loop {
         tokio::select! {
             _ = int.recv() => {},
             _ = term.recv() => {},
+            _ = hup.recv() => {},
         }
-        if first {
+        if effects.is_compensating() && !warned_compensating {
+            warned_compensating = true;
+            warn!(
+                "compensating {} instance(s) so that none is left out; press Ctrl-C again to stop at once",
+                effects.out_of_service().len()
+            );
+            continue;
+        }
+        if !cancelled && !effects.is_compensating() {
             warn!("interrupt received: stopping at the next safe point, then compensating (again to stop now)");
             effects.cancel_token().cancel();
-            first = false;
-        } else {
-            let left = effects.out_of_service();
-            error!(
-                "second interrupt: stopping now; out of service: {} — run `rollscript recover`",
-                if left.is_empty() {
-                    "none".to_string()
-                } else {
-                    left.join(", ")
-                }
-            );
-            if let Some(j) = effects.journal() {
-                j.best_effort(&Record::RunEnd {
-                    at: journal::now(),
-                    outcome: "killed".into(),
-                    left_out: left,
-                    failed: effects.ledger.failed(),
-                });
-            }
-            let _ = lock::force_unlock_if_mine(&effects.inventory.path);
-            std::process::exit(Outcome::Interrupted.exit_code() as i32);
+            cancelled = true;
+            continue;
         }
+        let left = effects.out_of_service();
+        error!(
+            "stopping now; out of service: {} — run `rollscript recover`",
+            if left.is_empty() {
+                "none".to_string()
+            } else {
+                left.join(", ")
+            }
+        );
+        if let Some(j) = effects.journal() {
+            j.best_effort(&Record::RunEnd {
+                at: journal::now(),
+                outcome: "killed".into(),
+                left_out: left,
+                failed: effects.ledger.failed(),
+            });
+        }
+        let _ = lock::force_unlock_if_mine(&effects.inventory.path);
+        std::process::exit(Outcome::Interrupted.exit_code() as i32);
+    }
+}
+
+/// Everything a run can check before its first effect: the files it needs
+/// exist, and the LB agrees with the inventory. Each problem names the
+/// instance, key or file.
+async fn preflight(effects: &Effects) -> Result<(), Vec<String>> {
+    let inv = &effects.inventory;
+    let mut problems: Vec<String> = inv.missing_files().iter().map(|e| e.to_string()).collect();
+    // Discovered fleets are only known now.
+    if let crate::config::CountOrPercent::Count(n) = inv.lb.min_in_service {
+        if n as usize > inv.instances.len() {
+            problems.push(format!(
+                "{}: lb.min_in_service: {n} is more than the {} instances of the fleet: no instance could ever be taken out",
+                inv.path.display(),
+                inv.instances.len()
+            ));
+        }
+    }
+    match effects.verify_lb().await {
+        Ok(found) => problems.extend(found),
+        Err(e) => problems.push(format!(
+            "cannot check the inventory against the load balancer: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        )),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
     }
 }
 

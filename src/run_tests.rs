@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use crate::journal::{self, Record};
 use crate::lock;
+use crate::primitives::MemberState;
 use crate::providers::fake::Fakes;
 use crate::run::{run_with, Outcome, RunOptions};
+
+mod safety;
 
 const INVENTORY: &str = r#"
 [app]
@@ -37,10 +40,17 @@ struct Env {
 
 impl Env {
     fn new(min_in_service: &str) -> Self {
+        Self::with_app(min_in_service, "")
+    }
+
+    /// With extra lines in `[app]`.
+    fn with_app(min_in_service: &str, app: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("rollscript.toml"),
-            INVENTORY.replace("MIN", min_in_service),
+            INVENTORY
+                .replace("MIN", min_in_service)
+                .replace("[health]", &format!("{app}\n[health]")),
         )
         .unwrap();
         Self { dir }
@@ -63,6 +73,7 @@ impl Env {
             lock_wait: Duration::ZERO,
             only_failed: None,
             step: false,
+            include_parked: false,
         }
     }
 
@@ -276,6 +287,8 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let fakes = Fakes::new();
+    // What the LB says: the dead run's deregister took effect.
+    fakes.lb.park("web-2", MemberState::OutOfService);
     let p = fakes.providers();
     assert_eq!(
         rt.block_on(crate::recover::recover_with(
@@ -444,6 +457,8 @@ fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
             r#"{"type":"result","seq":2,"at":"","ok":true,"duration_ms":1}"#,
             r#"{"type":"intent","seq":3,"at":"","op":"register","instance":"web-1","text":""}"#,
             r#"{"type":"result","seq":3,"at":"","ok":true,"duration_ms":1}"#,
+            r#"{"type":"intent","seq":4,"at":"","op":"wait_in_service","instance":"web-1","text":""}"#,
+            r#"{"type":"result","seq":4,"at":"","ok":true,"duration_ms":1}"#,
         ],
     );
     let summary = journal::summarise(&env.journal());

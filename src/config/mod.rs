@@ -29,6 +29,9 @@ pub struct Inventory {
     pub lb: LbSettings,
     pub database: Option<Database>,
     pub instances: Vec<Instance>,
+    /// Files a run needs (`ssh.identity`, `ssh.known_hosts`), with where they
+    /// are named, checked by [`Inventory::missing_files`] before a run.
+    pub(crate) needed_files: Vec<NeededFile>,
     /// Name → position in `instances`, built on first lookup.
     index: std::sync::OnceLock<std::collections::HashMap<String, usize>>,
 }
@@ -40,6 +43,17 @@ pub struct App {
     pub rollback: Option<String>,
     pub migrate: Option<String>,
     pub migrate_timeout: Duration,
+    /// What compensation does with a healthy instance whose rollback failed.
+    pub on_rollback_failure: RollbackFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackFailure {
+    /// Health-check it anyway; healthy and confirmed by the LB: put it back
+    /// (on an unknown release, said loudly). Capacity first.
+    PutBack,
+    /// Leave it out of service for a human (the stricter choice).
+    LeaveOut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +167,30 @@ pub struct Instance {
     pub weight: Option<u32>,
 }
 
+impl Instance {
+    /// The pseudo-instance `local(cmd)` runs on.
+    pub fn local() -> Self {
+        Self {
+            name: "local".into(),
+            host: "localhost".into(),
+            port: None,
+            ssh_port: None,
+            health_port: None,
+            id: None,
+            pool: None,
+            weight: None,
+        }
+    }
+}
+
+/// A file the inventory names and a run cannot do without.
+#[derive(Debug, Clone)]
+pub(crate) struct NeededFile {
+    pub key: &'static str,
+    pub line: Option<usize>,
+    pub path: PathBuf,
+}
+
 /// A problem in the inventory, located as precisely as the file allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -215,6 +253,30 @@ impl Inventory {
                 .collect()
         });
         index.get(name).map(|&i| &self.instances[i])
+    }
+
+    /// The files a run needs that do not exist or cannot be read, as located
+    /// errors (`rollscript.toml:7: ssh.identity: … does not exist`). Not part
+    /// of parsing: a plan on another machine must still work.
+    pub fn missing_files(&self) -> Vec<ConfigError> {
+        self.needed_files
+            .iter()
+            .filter_map(|f| {
+                let why = match std::fs::File::open(&f.path) {
+                    Ok(_) => return None,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        format!("{} does not exist", f.path.display())
+                    }
+                    Err(e) => format!("{} cannot be read: {e}", f.path.display()),
+                };
+                Some(ConfigError {
+                    file: self.path.clone(),
+                    line: f.line,
+                    key: Some(f.key.to_string()),
+                    message: why,
+                })
+            })
+            .collect()
     }
 
     /// Adds instances (discovery), keeping the lookup index right.

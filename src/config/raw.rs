@@ -31,6 +31,7 @@ pub struct RawApp {
     pub rollback: Option<String>,
     pub migrate: Option<String>,
     pub migrate_timeout: Option<String>,
+    pub on_rollback_failure: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -128,9 +128,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
             app_raw.migrate_timeout.as_ref(),
             Duration::from_secs(600),
         )?,
+        on_rollback_failure: match app_raw.on_rollback_failure.as_deref() {
+            None | Some("put_back") => RollbackFailure::PutBack,
+            Some("leave_out") => RollbackFailure::LeaveOut,
+            Some(other) => {
+                return Err(c.err(
+                    &k(&["app", "on_rollback_failure"]),
+                    format!("invalid value {other:?}: expected \"put_back\" (a healthy instance goes back on an unknown release) or \"leave_out\""),
+                ))
+            }
+        },
     };
 
     let s = raw.ssh.unwrap_or_default();
+    if let Some(user) = &s.user {
+        if !valid_user(user) {
+            return Err(c.err(
+                &k(&["ssh", "user"]),
+                format!("invalid user {user:?}: use a plain user name (letters, digits, '.', '_', '-'); ssh options belong in ssh.config"),
+            ));
+        }
+    }
     let ssh = SshSettings {
         user: s.user,
         port: c.port(&k(&["ssh", "port"]), s.port)?,
@@ -214,6 +232,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
 
     let instances = instances(&c, raw.instances)?;
     let lb = lb(&c, raw.lb.unwrap_or_default(), &instances)?;
+    distinct_addresses(&c, &instances, health.port)?;
 
     let database = match raw.database {
         None => None,
@@ -228,8 +247,26 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
         }),
     };
 
+    let mut needed_files = Vec::new();
+    if let Some(path) = &ssh.identity {
+        needed_files.push(NeededFile {
+            key: "ssh.identity",
+            line: line_of(text, &k(&["ssh", "identity"])),
+            path: path.clone(),
+        });
+    }
+    // With accept-new, ssh writes known_hosts itself on first contact.
+    if let (Some(path), HostKeyPolicy::Strict) = (&ssh.known_hosts, ssh.host_key_checking) {
+        needed_files.push(NeededFile {
+            key: "ssh.known_hosts",
+            line: line_of(text, &k(&["ssh", "known_hosts"])),
+            path: path.clone(),
+        });
+    }
+
     Ok(Inventory {
         path: file.to_path_buf(),
+        needed_files,
         hash: hex::encode(Sha256::digest(text.as_bytes())),
         app,
         ssh,
@@ -378,6 +415,45 @@ fn instances(c: &Checker, raw: Vec<super::raw::RawInstance>) -> Result<Vec<Insta
     Ok(out)
 }
 
+/// Two instances at one `host:port` would be drained and deployed as two
+/// while the LB sees one: refused, naming both.
+fn distinct_addresses(
+    c: &Checker,
+    instances: &[Instance],
+    default_port: u16,
+) -> Result<(), ConfigError> {
+    let mut seen: std::collections::HashMap<(String, u16), &str> = Default::default();
+    for (i, inst) in instances.iter().enumerate() {
+        let port = inst.port.unwrap_or(default_port);
+        let key = (inst.host.to_ascii_lowercase(), port);
+        if let Some(first) = seen.insert(key, &inst.name) {
+            return Err(c.err(
+                &[
+                    Seg::Key("instances".into()),
+                    Seg::Index(i),
+                    Seg::Key("host".into()),
+                ],
+                format!(
+                    "{} has the same address {}:{port} as {first}: each instance must be its own host:port",
+                    inst.name,
+                    host_for_url(&inst.host)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A user name as `ssh -l` takes it, and nothing an ssh option could hide in.
+fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 64
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn lb(
     c: &Checker,
     l: super::raw::RawLb,
@@ -494,6 +570,17 @@ fn lb(
             CountOrPercent::parse(s).map_err(|m| c.err(&k(&["lb", "min_in_service"]), m))?
         }
     };
+    if let CountOrPercent::Count(n) = min_in_service {
+        if !discovers && n as usize > instances.len() {
+            return Err(c.err(
+                &k(&["lb", "min_in_service"]),
+                format!(
+                    "{n} is more than the {} instances of the fleet: no instance could ever be taken out",
+                    instances.len()
+                ),
+            ));
+        }
+    }
 
     let mut pools = BTreeMap::new();
     for (name, p) in l.pools.unwrap_or_default() {

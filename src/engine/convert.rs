@@ -33,6 +33,7 @@ pub fn error_map(e: &ActionError) -> Map {
         details.insert(k.as_str().into(), v.clone().into());
     }
     m.insert("details".into(), details.into());
+    m.insert("unknown_outcome".into(), e.unknown_outcome.into());
     m
 }
 
@@ -54,6 +55,10 @@ pub fn error_from_map(m: &Map) -> Option<ActionError> {
         .get("status")
         .and_then(|v| v.as_int().ok())
         .map(|v| v as i32);
+    e.unknown_outcome = m
+        .get("unknown_outcome")
+        .and_then(|v| v.as_bool().ok())
+        .unwrap_or(false);
     e.stderr = s("stderr")
         .map(|t| t.lines().map(String::from).collect())
         .unwrap_or_default();

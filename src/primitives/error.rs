@@ -115,6 +115,10 @@ pub struct ActionError {
     pub stderr: Vec<String>,
     /// Free-form numbers a script may want (gate readings, attempts).
     pub details: Vec<(String, String)>,
+    /// A load-balancer change whose result is unknown: the request may have
+    /// taken effect (a timeout or I/O error after it was sent). Compensation
+    /// and `recover` read the LB's real state before deciding.
+    pub unknown_outcome: bool,
 }
 
 impl ActionError {
@@ -127,7 +131,14 @@ impl ActionError {
             status: None,
             stderr: Vec::new(),
             details: Vec::new(),
+            unknown_outcome: false,
         }
+    }
+
+    /// Marks the request as possibly applied (sent, answer unknown).
+    pub fn outcome_unknown(mut self) -> Self {
+        self.unknown_outcome = true;
+        self
     }
 
     pub fn host(mut self, host: impl Into<String>) -> Self {

@@ -106,7 +106,7 @@ pub trait HealthCheck: Send + Sync {
 }
 
 /// An instance as the load balancer sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberState {
     /// Receiving traffic and healthy.
     InService,
@@ -123,6 +123,13 @@ pub enum MemberState {
 }
 
 impl MemberState {
+    /// Taken out of load balancing (by an operator or a run): no new traffic
+    /// is routed to it whatever its health. `Unhealthy` and `Starting`
+    /// members are in rotation: traffic returns as soon as checks pass.
+    pub fn out_of_rotation(&self) -> bool {
+        matches!(self, Self::Draining | Self::OutOfService | Self::Unknown)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::InService => "in_service",
@@ -200,6 +207,28 @@ pub trait LoadBalancer: Send + Sync {
         Ok(())
     }
     async fn state(&self, inst: &Instance) -> ActionResult<MemberState>;
+    /// The state of every instance of `fleet`, in order, from as few reads of
+    /// the LB as it allows (one `show stat`, one read of the upstream file,
+    /// one DescribeTargetHealth): the capacity guard decides from one reading.
+    async fn states(&self, fleet: &[Instance]) -> ActionResult<Vec<MemberState>> {
+        let mut out = Vec::with_capacity(fleet.len());
+        for inst in fleet {
+            out.push(self.state(inst).await?);
+        }
+        Ok(out)
+    }
+    /// How the operator sees `state` on this LB (`MAINT`, `DRAIN`, `down`,
+    /// `not registered`), for messages about hosts found out of rotation.
+    fn state_word(&self, state: &MemberState) -> String {
+        state.as_str().to_string()
+    }
+    /// Checks the inventory against the LB before anything is touched: each
+    /// instance is the LB's member at the inventory's address, and the LB
+    /// routes to nothing the inventory does not know. Returns one sentence
+    /// per problem, naming the instance (empty: all agree). Reads only.
+    async fn verify(&self, _fleet: &[Instance]) -> ActionResult<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// How many of `fleet` the LB has in service right now.
     async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize>;
     async fn stats(&self, _inst: &Instance) -> ActionResult<MemberStats> {

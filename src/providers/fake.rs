@@ -34,20 +34,54 @@ pub struct FakeLb {
     pub calls: Calls,
     /// Instance name → state; absent means in service.
     pub states: Mutex<BTreeMap<String, MemberState>>,
-    /// `"deregister web-2"` → fail with this error.
+    /// `"deregister web-2"` → fail with this error. An error marked
+    /// `unknown_outcome` is returned *after* the change took effect (a
+    /// request whose answer was lost).
     pub failures: Mutex<BTreeMap<String, ActionError>>,
+    /// Like `failures`, but each fails once.
+    pub fail_once: Mutex<BTreeMap<String, ActionError>>,
+    /// What `verify` reports (inventory disagreements).
+    pub problems: Mutex<Vec<String>>,
     /// How long each wait takes (tokio time, so tests can pause the clock).
     pub wait: Duration,
+    /// The most instances out of service at one instant (not `InService`).
+    pub max_out: Mutex<usize>,
 }
 
 impl FakeLb {
     fn op(&self, what: &str, inst: &Instance) -> ActionResult<()> {
         let key = format!("{what} {}", inst.name);
         self.calls.push(key.clone());
-        match self.failures.lock().unwrap().get(&key) {
-            Some(e) => Err(e.clone().host(inst.name.clone())),
+        let once = self.fail_once.lock().unwrap().remove(&key);
+        match once.or_else(|| self.failures.lock().unwrap().get(&key).cloned()) {
+            Some(e) => Err(e.host(inst.name.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Sets `name`'s state as the LB's reaction to `result` of an op.
+    fn apply(&self, name: &str, state: MemberState, result: ActionResult<()>) -> ActionResult<()> {
+        let applies = match &result {
+            Ok(()) => true,
+            Err(e) => e.unknown_outcome,
+        };
+        if applies {
+            let mut states = self.states.lock().unwrap();
+            states.insert(name.to_string(), state);
+            let out = states
+                .values()
+                .filter(|s| **s != MemberState::InService)
+                .count();
+            let mut max = self.max_out.lock().unwrap();
+            *max = (*max).max(out);
+        }
+        result
+    }
+
+    /// Sets what the LB says about `name` (out of rotation before a run,
+    /// DOWN by health, …).
+    pub fn park(&self, name: &str, state: MemberState) {
+        self.states.lock().unwrap().insert(name.to_string(), state);
     }
 
     pub fn state_of(&self, name: &str) -> MemberState {
@@ -69,12 +103,8 @@ impl LoadBalancer for FakeLb {
         format!("fake {}: {op:?}", inst.name)
     }
     async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
-        self.op("deregister", inst)?;
-        self.states
-            .lock()
-            .unwrap()
-            .insert(inst.name.clone(), MemberState::OutOfService);
-        Ok(())
+        let r = self.op("deregister", inst);
+        self.apply(&inst.name, MemberState::OutOfService, r)
     }
     async fn wait_drained(&self, inst: &Instance, _timeout: Duration) -> ActionResult<DrainReport> {
         self.op("wait_drained", inst)?;
@@ -85,17 +115,33 @@ impl LoadBalancer for FakeLb {
         })
     }
     async fn register(&self, inst: &Instance) -> ActionResult<()> {
-        self.op("register", inst)?;
-        self.states
-            .lock()
-            .unwrap()
-            .insert(inst.name.clone(), MemberState::InService);
-        Ok(())
+        // Registered: in rotation, not yet passing the LB's checks.
+        let r = self.op("register", inst);
+        self.apply(&inst.name, MemberState::Starting, r)
     }
     async fn wait_in_service(&self, inst: &Instance, _timeout: Duration) -> ActionResult<Duration> {
-        self.op("wait_in_service", inst)?;
         tokio::time::sleep(self.wait).await;
-        Ok(self.wait)
+        match self.op("wait_in_service", inst) {
+            Ok(()) => {
+                self.apply(&inst.name, MemberState::InService, Ok(()))?;
+                Ok(self.wait)
+            }
+            Err(e) => {
+                // The LB's checks marked it down.
+                self.apply(&inst.name, MemberState::Unhealthy, Ok(()))?;
+                Err(e)
+            }
+        }
+    }
+    fn state_word(&self, state: &MemberState) -> String {
+        match state {
+            MemberState::OutOfService => "MAINT".into(),
+            MemberState::Draining => "DRAIN".into(),
+            other => other.as_str().into(),
+        }
+    }
+    async fn verify(&self, _fleet: &[Instance]) -> ActionResult<Vec<String>> {
+        Ok(self.problems.lock().unwrap().clone())
     }
     async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
         self.op(&format!("weight={weight}"), inst)

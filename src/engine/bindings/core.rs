@@ -18,7 +18,7 @@ pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     func(
         "instances",
         &["Array"],
-        "All instances of the inventory, in order, as maps:
+        "All instances of the inventory, in order, as maps (without those found out of rotation before the run — parked by an operator — unless `--include-parked`):
 `#{name, host, port, id, pool, weight, health_url}`.
 Example: `for inst in instances() { info(inst.name); }`",
     )
@@ -27,6 +27,8 @@ Example: `for inst in instances() { info(inst.name); }`",
         inv.instances
             .iter()
             .filter(|i| c.only.as_ref().is_none_or(|only| only.contains(&i.name)))
+            // Parked (out of rotation before the run): left as found.
+            .filter(|i| !c.effects.hidden(&i.name))
             .map(|i| Dynamic::from(instance_map(inv, i)))
             .collect()
     });
