@@ -14,6 +14,7 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("batches", include_str!("../../stdlib/batches.rhai")),
     ("gates", include_str!("../../stdlib/gates.rhai")),
     ("rollout", include_str!("../../stdlib/rollout.rhai")),
+    ("canaries", include_str!("../../stdlib/canaries.rhai")),
 ];
 
 /// Source texts by the name errors use (`scripts/rolling.rhai`,
@@ -159,15 +160,52 @@ impl Resolver {
     }
 }
 
+thread_local! {
+    /// The modules being resolved on this thread, outermost first: an import
+    /// of one of them is a cycle (Rhai would recurse until the stack ends).
+    static RESOLVING: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Pops the module off [`RESOLVING`] however its resolution ends.
+struct Resolving;
+
+impl Drop for Resolving {
+    fn drop(&mut self) {
+        RESOLVING.with(|r| r.borrow_mut().pop());
+    }
+}
+
 impl ModuleResolver for Resolver {
     fn resolve(
         &self,
         engine: &Engine,
-        _source: Option<&str>,
+        source: Option<&str>,
         path: &str,
         pos: Position,
     ) -> Result<Shared<Module>, Box<EvalAltResult>> {
         let (name, text) = self.locate(path, pos)?;
+        let cycle = RESOLVING.with(|r| {
+            let stack = r.borrow();
+            (source == Some(name.as_str()) || stack.contains(&name)).then(|| {
+                let mut chain: Vec<String> = stack.clone();
+                if chain.is_empty() {
+                    chain.extend(source.map(String::from));
+                }
+                chain.push(name.clone());
+                chain.join(" → ")
+            })
+        });
+        if let Some(chain) = cycle {
+            return Err(Self::fail(
+                path,
+                format!(
+                    "import cycle: {chain}; a script named like the module it imports shadows it (rename the script, e.g. my_{path}.rhai)"
+                ),
+                pos,
+            ));
+        }
+        RESOLVING.with(|r| r.borrow_mut().push(name.clone()));
+        let _popped = Resolving;
         self.sources.insert(&name, &text);
         self.sources.alias(path, &name);
         let mut ast = engine.compile(&text).map_err(|e| {
