@@ -185,11 +185,30 @@ fn compensate_one(effects: &Arc<Effects>, handle: &Handle, t: &Target, hook: Opt
             format!("{how}, healthy")
         };
     }
-    let back = handle.block_on(async {
-        effects.register(&inst).await?;
-        effects.wait_in_service(&inst).await
-    });
-    match back {
+    let prefix = unknown_release
+        .as_ref()
+        .map(|f| format!("{f}; "))
+        .unwrap_or_default();
+    if let Err(e) = handle.block_on(effects.register(&inst)) {
+        // Refused (or the LB unreachable): it was not put back. If the
+        // answer was lost it may be in rotation: out again, to be sure.
+        let again = if e.unknown_outcome {
+            format!("; {}", take_out_again(effects, handle, &inst))
+        } else {
+            String::new()
+        };
+        return record(
+            effects,
+            name,
+            false,
+            rolled_back,
+            format!(
+                "{prefix}{how}, but putting it back failed: {}{again}",
+                first_line(&e.to_string())
+            ),
+        );
+    }
+    match handle.block_on(effects.wait_in_service(&inst)) {
         Ok(_) => match unknown_release {
             Some(failed) => {
                 let detail =
@@ -205,34 +224,34 @@ fn compensate_one(effects: &Arc<Effects>, handle: &Handle, t: &Target, hook: Opt
                 format!("{how}; back in service"),
             ),
         },
-        Err(e) => {
-            // In rotation but not serving (nginx would still send it
-            // traffic): out again, and say so.
-            let again = handle.block_on(async {
-                effects.deregister(&inst).await?;
-                effects.wait_drained(&inst).await
-            });
-            let out_again = match again {
-                Ok(_) => "taken out again".to_string(),
-                Err(e2) => format!(
-                    "taking it out again failed too: {}",
-                    first_line(&e2.to_string())
-                ),
-            };
-            let prefix = unknown_release
-                .map(|f| format!("{f}; "))
-                .unwrap_or_default();
-            record(
-                effects,
-                name,
-                false,
-                rolled_back,
-                format!(
-                    "{prefix}{how}, but the LB did not put it back in service: {}; {out_again}",
-                    first_line(&e.to_string())
-                ),
-            )
-        }
+        // In rotation but not serving (nginx would still send it traffic):
+        // out again, and say so.
+        Err(e) => record(
+            effects,
+            name,
+            false,
+            rolled_back,
+            format!(
+                "{prefix}{how}, but the LB did not put it back in service: {}; {}",
+                first_line(&e.to_string()),
+                take_out_again(effects, handle, &inst)
+            ),
+        ),
+    }
+}
+
+/// Takes `inst` out of rotation again after a failed return; says how it went.
+fn take_out_again(effects: &Arc<Effects>, handle: &Handle, inst: &Instance) -> String {
+    let again = handle.block_on(async {
+        effects.deregister(inst).await?;
+        effects.wait_drained(inst).await
+    });
+    match again {
+        Ok(_) => "taken out again".to_string(),
+        Err(e) => format!(
+            "taking it out again failed too: {}",
+            first_line(&e.to_string())
+        ),
     }
 }
 
