@@ -4,6 +4,9 @@
     GET /           200 "version=<VERSION>\n"
     GET /health     200 "ok\n" once booted
     GET /slow?ms=N  holds the request N ms (at most 60000), then answers like /
+    GET /metrics    Prometheus text: http_requests_total{code,path} and the
+                    http_request_duration_seconds histogram (every request
+                    but /metrics itself)
 
 Boot: the port is bound at once, but for --boot-delay seconds (default 0.5)
 EVERY request is answered 503 "booting\n" — an instance that is listening is
@@ -15,6 +18,9 @@ VERSION is read once at start: --version, else the file --version-file
 (default: VERSION in --dir), else $APP_VERSION, else "unknown". A version
 starting with "bad" (e.g. `tools/demo --version bad`) boots but never turns
 healthy: /health keeps answering 503 "unhealthy\n", to show a failed rollout.
+A version containing "5xx" followed by a percentage (e.g. `v2-5xx20`) is
+healthy but answers that share of its "/" requests with 500 (every 5th for
+20 %, deterministically): a release a canary gate must catch.
 
 SIGTERM/SIGINT: stop accepting (the listening socket is closed), let every
 in-flight request finish, remove the pid file, exit 0.
@@ -24,6 +30,7 @@ holds an idle keep-alive connection to an instance that is shutting down.
 """
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -35,6 +42,49 @@ from urllib.parse import parse_qs, urlsplit
 def log(msg):
     sys.stderr.write("%s app[%d]: %s\n" % (time.strftime("%H:%M:%S"), os.getpid(), msg))
     sys.stderr.flush()
+
+
+class Metrics:
+    """Counters and a latency histogram in Prometheus' text format."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = {}  # (code, path) -> count
+        self.buckets = [0] * len(self.BUCKETS)
+        self.count = 0
+        self.sum = 0.0
+        self.roots = 0
+
+    def next_root(self):
+        with self.lock:
+            self.roots += 1
+            return self.roots
+
+    def observe(self, code, path, seconds):
+        path = path if path in ("/", "/health", "/slow") else "other"
+        with self.lock:
+            key = (code, path)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            self.count += 1
+            self.sum += seconds
+            for i, le in enumerate(self.BUCKETS):
+                if seconds <= le:
+                    self.buckets[i] += 1
+
+    def render(self):
+        with self.lock:
+            out = ["# TYPE http_requests_total counter"]
+            for (code, path), n in sorted(self.requests.items()):
+                out.append('http_requests_total{code="%d",path="%s"} %d' % (code, path, n))
+            out.append("# TYPE http_request_duration_seconds histogram")
+            for le, n in zip(self.BUCKETS, self.buckets):
+                out.append('http_request_duration_seconds_bucket{le="%s"} %d' % (le, n))
+            out.append('http_request_duration_seconds_bucket{le="+Inf"} %d' % self.count)
+            out.append("http_request_duration_seconds_sum %f" % self.sum)
+            out.append("http_request_duration_seconds_count %d" % self.count)
+            return "\n".join(out) + "\n"
 
 
 def main():
@@ -66,6 +116,9 @@ def main():
     ready_at = started + max(0.0, a.boot_delay)
     body_version = ("version=%s\n" % version).encode()
     broken = version.startswith("bad")
+    m = re.search(r"5xx(\d+)", version)
+    error_every = max(1, round(100 / int(m.group(1)))) if m and int(m.group(1)) > 0 else 0
+    metrics = Metrics()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -77,6 +130,8 @@ def main():
             pass
 
         def reply(self, status, body):
+            if self.path != "/metrics":
+                metrics.observe(status, urlsplit(self.path).path, time.monotonic() - self.started)
             # One write for status line, headers and body: a client that
             # closes as soon as it has the status (HAProxy's health checks do)
             # never makes a second write fail.
@@ -89,12 +144,17 @@ def main():
                 pass  # the client left; nothing to answer
 
         def do_GET(self):
+            self.started = time.monotonic()
             url = urlsplit(self.path)
+            if url.path == "/metrics":
+                return self.reply(200, metrics.render().encode())
             if time.monotonic() < ready_at:
                 return self.reply(503, b"booting\n")
             if url.path == "/health":
                 return self.reply(503, b"unhealthy\n") if broken else self.reply(200, b"ok\n")
             if url.path == "/":
+                if error_every and metrics.next_root() % error_every == 0:
+                    return self.reply(500, b"internal error\n")
                 return self.reply(200, body_version)
             if url.path == "/slow":
                 try:

@@ -990,10 +990,11 @@ impl Effects {
         }
     }
 
-    /// One Prometheus instant query; the first sample's value.
-    pub async fn prometheus(&self, url: &str, promql: &str) -> ActionResult<f64> {
+    /// One Prometheus instant query; the first sample's value, `None` for
+    /// no data (a dry run has none either).
+    pub async fn prometheus(&self, url: &str, promql: &str) -> ActionResult<Option<f64>> {
         if self.is_dry_run() {
-            return Ok(0.0);
+            return Ok(None);
         }
         self.cancellable(crate::providers::http::prometheus_query(url, promql))
             .await

@@ -13,7 +13,7 @@ use crate::config::Instance;
 use crate::effects::Providers;
 use crate::primitives::{
     ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthCheck,
-    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, Transport,
+    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, MemberStats, Transport,
 };
 
 /// Shared call log: `"deregister web-1"`, `"ssh web-2: ./deploy.sh"`, `"health web-1"`.
@@ -46,6 +46,8 @@ pub struct FakeLb {
     pub wait: Duration,
     /// The most instances out of service at one instant (not `InService`).
     pub max_out: Mutex<usize>,
+    /// What `stats` reports per instance (absent: no numbers, like nginx).
+    pub stats: Mutex<BTreeMap<String, MemberStats>>,
 }
 
 impl FakeLb {
@@ -139,6 +141,15 @@ impl LoadBalancer for FakeLb {
             MemberState::Draining => "DRAIN".into(),
             other => other.as_str().into(),
         }
+    }
+    async fn stats(&self, inst: &Instance) -> ActionResult<MemberStats> {
+        Ok(self
+            .stats
+            .lock()
+            .unwrap()
+            .get(&inst.name)
+            .cloned()
+            .unwrap_or_default())
     }
     async fn verify(&self, _fleet: &[Instance]) -> ActionResult<Vec<String>> {
         Ok(self.problems.lock().unwrap().clone())

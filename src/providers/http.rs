@@ -224,7 +224,9 @@ pub async fn notify(url: &str, message: &str) -> Result<(), String> {
 }
 
 /// `GET {base}/api/v1/query?query=…`: the first sample's value, 0.0 if none.
-pub async fn prometheus_query(base: &str, promql: &str) -> ActionResult<f64> {
+/// The first sample's value; `None` when there is none or it is not a
+/// number (NaN, ±Inf: `0/0` over no traffic): no data, never "0".
+pub async fn prometheus_query(base: &str, promql: &str) -> ActionResult<Option<f64>> {
     let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
     let fail =
         |m: String| ActionError::new(ErrorKind::GateFailed, format!("prometheus {url}: {m}"));
@@ -248,10 +250,11 @@ pub async fn prometheus_query(base: &str, promql: &str) -> ActionResult<f64> {
     }
     let first = &body["data"]["result"][0]["value"][1];
     match first {
-        serde_json::Value::Null => Ok(0.0),
+        serde_json::Value::Null => Ok(None),
         v => v
             .as_str()
             .and_then(|s| s.parse::<f64>().ok())
+            .map(|x| x.is_finite().then_some(x))
             .ok_or_else(|| fail(format!("unexpected sample {v}"))),
     }
 }

@@ -250,3 +250,50 @@ fn an_inventory_the_lb_disagrees_with_is_refused_before_anything_is_touched() {
 }
 
 use crate::run::Outcome;
+
+/// HAProxy-like numbers for a canary that answered nothing during its bake.
+fn idle_stats(fakes: &Fakes, name: &str) {
+    let stats = ["http_2xx", "http_4xx", "http_5xx", "sessions"]
+        .into_iter()
+        .map(|k| (k.to_string(), 0.0))
+        .collect();
+    fakes.lb.stats.lock().unwrap().insert(name.into(), stats);
+}
+
+#[test]
+fn a_canary_that_received_no_traffic_fails_its_bake_as_inconclusive() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    idle_stats(&fakes, "web-1");
+    let vars = [("bake", "1s"), ("gate_interval", "500ms")];
+    assert_eq!(
+        super::run_script(&env, &fakes, "canary", &vars),
+        Outcome::Failed
+    );
+    // The canary was rolled back; the rest never deployed.
+    assert!(fakes
+        .ssh
+        .calls
+        .all()
+        .contains(&"ssh web-1: ./rollback.sh".to_string()));
+    assert!(!deploys(&fakes).iter().any(|c| c.contains("web-2")));
+    let records = env.journal();
+    let ended = records.iter().any(|r| {
+        matches!(r,
+        Record::RunEnd { outcome, .. } if outcome == "failed")
+    });
+    assert!(ended);
+}
+
+#[test]
+fn a_canary_whose_gate_has_data_passes_its_bake() {
+    let env = Env::new("1");
+    let fakes = Fakes::new();
+    // No LB numbers at all (nginx, ELBv2): health is the only gate.
+    let vars = [("bake", "1s"), ("gate_interval", "500ms")];
+    assert_eq!(
+        super::run_script(&env, &fakes, "canary", &vars),
+        Outcome::Success
+    );
+    assert_eq!(deploys(&fakes).len(), 3);
+}

@@ -238,11 +238,13 @@ Example: `with_migration_lock(|| ssh(first, inventory().app.migrate));`",
     let c = ctx.clone();
     func(
         "prometheus_query",
-        &["url: String", "promql: String", "FLOAT"],
-        "Evaluates `promql` with the Prometheus HTTP API at `url` (`/api/v1/query`) and returns the first sample's value (0.0 when the result is empty). For canary gates.
+        &["url: String", "promql: String", "Dynamic"],
+        "Evaluates `promql` with the Prometheus HTTP API at `url` (`/api/v1/query`) and returns the first sample's value as a FLOAT, or `()` when there is no data (an empty result, NaN or ±Inf — e.g. an error rate over no traffic): a gate must treat that as inconclusive, never as 0. For canary gates.
 Example: `let p95 = prometheus_query(url, \"histogram_quantile(0.95, rate(http_request_duration_seconds_bucket[5m]))\");`",
     )
-    .register_into_engine(engine, move |url: &str, promql: &str| -> RhaiResult<f64> {
-        c.block_on(c.effects.prometheus(url, promql)).map_err(throw)
+    .register_into_engine(engine, move |url: &str, promql: &str| -> RhaiResult<Dynamic> {
+        c.block_on(c.effects.prometheus(url, promql))
+            .map(|v| v.map(Dynamic::from).unwrap_or(Dynamic::UNIT))
+            .map_err(throw)
     });
 }
