@@ -16,8 +16,7 @@ pub mod ssh;
 use std::sync::Arc;
 
 use crate::config::{Inventory, LbBackend};
-use crate::effects::Providers;
-use crate::primitives::{LoadBalancer, Transport};
+use crate::primitives::{LoadBalancer, Providers, Transport};
 
 /// The live providers for `inv`. Constructors connect to nothing: the first
 /// call does, so a dry run built from the same inventory touches nothing.

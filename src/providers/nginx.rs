@@ -28,7 +28,6 @@ use tracing::warn;
 
 use super::haproxy::Backoff;
 use crate::config::{format_duration, host_for_url, Instance, Inventory, LbBackend};
-use crate::effects::local_instance;
 use crate::primitives::{
     sh_quote, ActionError, ActionResult, Cmd, DrainReport, ErrorKind, ExecOutput, LbOp,
     LoadBalancer, MemberState, Transport,
@@ -79,7 +78,7 @@ impl NginxLb {
             },
             None => NginxHost::Local {
                 local,
-                on: local_instance(),
+                on: Instance::local(),
             },
         };
         Self {
