@@ -10,6 +10,7 @@ pub mod local;
 pub mod nginx;
 pub mod none;
 mod output;
+mod poll;
 pub mod postgres;
 pub mod ssh;
 
