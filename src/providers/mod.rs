@@ -1,5 +1,10 @@
 //! Implementations of the `primitives` traits: load balancers (haproxy,
 //! nginx, aws, none), transports (ssh, local) and HTTP health.
+//!
+//! A provider that holds more than one idea is a folder (`haproxy/`,
+//! `nginx/`, `aws/`, `ssh/`): its `mod.rs` is the trait impl, the policy a
+//! newcomer opens first, and the mechanics (socket, parser, SDK calls, ssh
+//! sessions) sit beside it. `poll.rs` paces every provider's wait loops.
 
 #[cfg(feature = "aws")]
 pub mod aws;
