@@ -18,8 +18,8 @@ use crate::journal::Journal;
 use crate::ledger::Ledger;
 use crate::plan::{Estimate, Recorder};
 use crate::primitives::{
-    ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthCheck,
-    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, MemberStats, Transport,
+    ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthProbe,
+    HealthReport, LbOp, MemberState, MemberStats, Providers, Transport,
 };
 
 /// Remote commands in a plan estimate: what they usually take (nothing in the
@@ -27,15 +27,6 @@ use crate::primitives::{
 pub const TYPICAL_COMMAND: Duration = Duration::from_secs(10);
 /// Registration to in-service, typically: one or two LB health-check intervals.
 pub const TYPICAL_REGISTER: Duration = Duration::from_secs(2);
-
-/// The providers one run talks to.
-#[derive(Clone)]
-pub struct Providers {
-    pub lb: Arc<dyn LoadBalancer>,
-    pub ssh: Arc<dyn Transport>,
-    pub local: Arc<dyn Transport>,
-    pub health: Arc<dyn HealthCheck>,
-}
 
 /// Options of one command call (`ssh(inst, cmd, #{...})`).
 #[derive(Debug, Clone, Copy)]
@@ -836,7 +827,7 @@ impl Effects {
     pub async fn local(&self, cmd: &Cmd, opts: ExecOptions) -> ActionResult<ExecOutput> {
         let transport = self.providers.local.clone();
         let timeout = opts.timeout.unwrap_or(self.inventory.ssh.command_timeout);
-        self.exec(&*transport, &local_instance(), cmd, opts, timeout)
+        self.exec(&*transport, &Instance::local(), cmd, opts, timeout)
             .await
     }
 
@@ -1084,11 +1075,6 @@ impl Effects {
             );
         }
     }
-}
-
-/// The pseudo-instance `local(cmd)` runs on.
-pub fn local_instance() -> Instance {
-    Instance::local()
 }
 
 /// Integer weights (1-256) for `g` instances against `o` others so that the

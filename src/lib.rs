@@ -10,7 +10,8 @@
 //! - [`effects`]: the layer every side effect crosses (dry-run recorder,
 //!   cancellation, bookkeeping of instances taken out of service, capacity guard).
 //! - [`primitives`]: the async Rust API as traits (`LoadBalancer`, `Transport`, `HealthCheck`).
-//! - [`providers`]: their implementations (haproxy, nginx, aws, none; ssh, local; http).
+//! - [`providers`]: their implementations (haproxy, nginx, aws, none; ssh, local; http),
+//!   a folder per provider with its policy in `mod.rs`; one poll backoff for all.
 //! - [`guard`]: the capacity guard (check and deregister as one critical section).
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts.

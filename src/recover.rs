@@ -56,7 +56,7 @@ pub async fn recover(inventory_path: &Path, id: Option<&str>) -> Outcome {
 pub async fn recover_with(
     inventory_path: &Path,
     id: Option<&str>,
-    make: impl FnOnce(&Arc<Inventory>) -> crate::effects::Providers,
+    make: impl FnOnce(&Arc<Inventory>) -> crate::primitives::Providers,
 ) -> Outcome {
     let inventory = match Inventory::load(inventory_path) {
         Ok(inv) => Arc::new(inv),

@@ -97,7 +97,7 @@ pub async fn run(opts: RunOptions) -> Outcome {
 /// `run` with providers of the caller's choosing (tests use fakes).
 pub async fn run_with(
     opts: RunOptions,
-    make: impl FnOnce(&Arc<Inventory>) -> crate::effects::Providers,
+    make: impl FnOnce(&Arc<Inventory>) -> crate::primitives::Providers,
 ) -> Outcome {
     let started = std::time::Instant::now();
     let inventory = match Inventory::load(&opts.inventory) {

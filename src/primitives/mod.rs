@@ -8,6 +8,7 @@ mod quote;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -248,4 +249,15 @@ pub trait LoadBalancer: Send + Sync {
     fn typical_drain(&self) -> Duration {
         Duration::from_secs(2)
     }
+}
+
+/// The providers one run talks to: one of each trait, chosen by
+/// `providers::build` (live) or a test (fakes). Held here, below both
+/// layers, so providers can build it without knowing the effects layer.
+#[derive(Clone)]
+pub struct Providers {
+    pub lb: Arc<dyn LoadBalancer>,
+    pub ssh: Arc<dyn Transport>,
+    pub local: Arc<dyn Transport>,
+    pub health: Arc<dyn HealthCheck>,
 }

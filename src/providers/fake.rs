@@ -10,10 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::Instance;
-use crate::effects::Providers;
 use crate::primitives::{
     ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthCheck,
-    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, MemberStats, Transport,
+    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, MemberStats, Providers,
+    Transport,
 };
 
 /// Shared call log: `"deregister web-1"`, `"ssh web-2: ./deploy.sh"`, `"health web-1"`.

@@ -1,5 +1,10 @@
 //! Implementations of the `primitives` traits: load balancers (haproxy,
 //! nginx, aws, none), transports (ssh, local) and HTTP health.
+//!
+//! A provider that holds more than one idea is a folder (`haproxy/`,
+//! `nginx/`, `aws/`, `ssh/`): its `mod.rs` is the trait impl, the policy a
+//! newcomer opens first, and the mechanics (socket, parser, SDK calls, ssh
+//! sessions) sit beside it. `poll.rs` paces every provider's wait loops.
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -10,14 +15,14 @@ pub mod local;
 pub mod nginx;
 pub mod none;
 mod output;
+mod poll;
 pub mod postgres;
 pub mod ssh;
 
 use std::sync::Arc;
 
 use crate::config::{Inventory, LbBackend};
-use crate::effects::Providers;
-use crate::primitives::{LoadBalancer, Transport};
+use crate::primitives::{LoadBalancer, Providers, Transport};
 
 /// The live providers for `inv`. Constructors connect to nothing: the first
 /// call does, so a dry run built from the same inventory touches nothing.

@@ -274,25 +274,21 @@ fn capacity_guard_holds_under_a_parallel_batch(lb: LbKind, min: usize, batch: &s
 }
 
 #[test]
-#[ignore = "issue 12: parallel branches all pass the capacity check before any deregisters (the LB is left with 0 in service); nothing waits for capacity"]
 fn a_whole_fleet_batch_on_haproxy_waits_for_capacity_and_never_leaves_fewer_than_min_in_service() {
     capacity_guard_holds_under_a_parallel_batch(LbKind::Haproxy, 1, "100%");
 }
 
 #[test]
-#[ignore = "issue 12: parallel branches all pass the capacity check before any deregisters (the LB is left with 0 in service); nothing waits for capacity"]
 fn a_whole_fleet_batch_on_nginx_waits_for_capacity_and_never_leaves_fewer_than_min_in_service() {
     capacity_guard_holds_under_a_parallel_batch(LbKind::Nginx, 1, "100%");
 }
 
 #[test]
-#[ignore = "issue 12: with batch=3 and min_in_service = 2 HAProxy is left with fewer than 2 in service; nothing waits for capacity"]
 fn batches_of_three_with_min_in_service_2_never_leave_fewer_than_2_in_service() {
     capacity_guard_holds_under_a_parallel_batch(LbKind::Haproxy, 2, "3");
 }
 
 #[test]
-#[ignore = "issue 12: the plan does not show where a batch waits for capacity"]
 fn the_plan_of_a_whole_fleet_batch_shows_the_third_deregister_waiting_for_capacity() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -395,19 +391,16 @@ fn an_instance_parked_in_haproxy_is_left_as_found(state: &str, status: &str) {
 }
 
 #[test]
-#[ignore = "issue 12: an instance in MAINT before the run is drained, deployed and put back UP"]
 fn an_instance_in_maint_before_the_run_stays_in_maint_and_is_not_deployed() {
     an_instance_parked_in_haproxy_is_left_as_found("maint", "MAINT");
 }
 
 #[test]
-#[ignore = "issue 12: an instance in DRAIN before the run is deployed and put back UP"]
 fn an_instance_in_drain_before_the_run_stays_in_drain_and_is_not_deployed() {
     an_instance_parked_in_haproxy_is_left_as_found("drain", "DRAIN");
 }
 
 #[test]
-#[ignore = "issue 12: a server marked down in the nginx upstream before the run is deployed and marked up"]
 fn an_instance_marked_down_in_nginx_before_the_run_stays_down_and_is_not_deployed() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Nginx, 3).start();
@@ -451,7 +444,6 @@ fn an_instance_marked_down_in_nginx_before_the_run_stays_down_and_is_not_deploye
 }
 
 #[test]
-#[ignore = "issue 12: there is no --include-parked (clap refuses the flag: exit 2)"]
 fn include_parked_deploys_the_parked_instance_and_leaves_it_out_of_rotation() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -559,7 +551,6 @@ fn deploy_and_rollback_fail_on_web_2(fleet: &Fleet) -> crate::harness::fleet::Fl
 }
 
 #[test]
-#[ignore = "issue 12: after a failed rollback web-2 is LEFT OUT (MAINT) although its old release runs and is healthy"]
 fn a_failed_rollback_on_a_healthy_instance_puts_it_back_and_says_so() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -584,7 +575,6 @@ fn a_failed_rollback_on_a_healthy_instance_puts_it_back_and_says_so() {
 }
 
 #[test]
-#[ignore = "issue 12: app.on_rollback_failure is not a known inventory key (exit 2)"]
 fn on_rollback_failure_leave_out_keeps_the_instance_out_and_names_it() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -648,7 +638,6 @@ fn assert_wait_in_service_failed(fleet: &Fleet, r: &Sampled) {
 }
 
 #[test]
-#[ignore = "issue 12: wait_in_service fails on HAProxy's DOWN, but nothing compensates it: web-2 is left in rotation, DOWN, on v2"]
 fn haproxys_check_failing_on_the_new_release_is_compensated_and_the_instance_restored() {
     let _one = one_fleet_at_a_time();
     let fleet = fleet_where_v2_fails_haproxys_check_on_web_2();
@@ -674,7 +663,6 @@ fn haproxys_check_failing_on_the_new_release_is_compensated_and_the_instance_res
 }
 
 #[test]
-#[ignore = "issue 12: a failure after register is not compensated: web-2 is left in rotation DOWN and not named LEFT OUT"]
 fn if_the_old_release_also_fails_haproxys_check_the_instance_is_taken_out_again_and_named() {
     let _one = one_fleet_at_a_time();
     let fleet = fleet_where_v2_fails_haproxys_check_on_web_2();
@@ -719,7 +707,6 @@ fn if_the_old_release_also_fails_haproxys_check_the_instance_is_taken_out_again_
 // ---- 5. unknown outcomes --------------------------------------------------------------------
 
 #[test]
-#[ignore = "issue 12: an I/O error after the drain command was written is taken for \"still in rotation\": web-2 is left in DRAIN and the journal says nothing of an unknown outcome"]
 fn a_drain_whose_reply_is_lost_is_treated_as_maybe_out_and_put_back() {
     use crate::harness::apiproxy::ResettingApiProxy;
 
@@ -819,7 +806,6 @@ fn strs(v: &[String]) -> Vec<&str> {
 }
 
 #[test]
-#[ignore = "issue 12: two instances on one host:port are not refused: HAProxy's web-2 is drained while ssh goes to web-1's address (exit 1)"]
 fn two_instances_with_the_same_address_are_refused_before_anything_is_touched() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -833,7 +819,6 @@ fn two_instances_with_the_same_address_are_refused_before_anything_is_touched() 
 }
 
 #[test]
-#[ignore = "issue 12: HAProxy's server address is not checked against the inventory; web-2 is drained while ssh goes to web-1's address"]
 fn an_instance_whose_host_is_not_its_haproxy_servers_address_is_refused() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -851,7 +836,6 @@ fn an_instance_whose_host_is_not_its_haproxy_servers_address_is_refused() {
 }
 
 #[test]
-#[ignore = "issue 12: an nginx upstream server that is no instance is not refused: the run drops it from the upstream file and deploys the others (exit 0)"]
 fn an_nginx_upstream_server_that_is_no_instance_is_refused() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Nginx, 3).start();
@@ -872,7 +856,6 @@ fn an_nginx_upstream_server_that_is_no_instance_is_refused() {
 }
 
 #[test]
-#[ignore = "issue 12: min_in_service above the fleet is refused by the capacity guard at the first deregister (exit 1, journal written), not up front"]
 fn min_in_service_above_the_fleet_size_is_refused() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -922,19 +905,16 @@ fn a_missing_ssh_file_is_refused_by_run_and_a_warning_in_plan(key: &str) {
 }
 
 #[test]
-#[ignore = "issue 12: a missing ssh.identity is found only at the first ssh, after web-1 was drained (exit 1)"]
 fn a_missing_ssh_identity_is_refused_by_run_and_only_warned_about_by_plan() {
     a_missing_ssh_file_is_refused_by_run_and_a_warning_in_plan("identity");
 }
 
 #[test]
-#[ignore = "issue 12: a missing ssh.known_hosts is found only at the first ssh, after web-1 was drained (exit 1)"]
 fn a_missing_ssh_known_hosts_is_refused_by_run_and_only_warned_about_by_plan() {
     a_missing_ssh_file_is_refused_by_run_and_a_warning_in_plan("known_hosts");
 }
 
 #[test]
-#[ignore = "issue 12: an ssh.user with options in it is not refused: the run drains web-1, ssh fails and web-1 is LEFT OUT (exit 1)"]
 fn an_ssh_user_that_is_no_plain_user_name_is_refused() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
@@ -956,7 +936,6 @@ fn an_ssh_user_that_is_no_plain_user_name_is_refused() {
 
 #[cfg(feature = "aws")]
 #[test]
-#[ignore = "issue 12: an instance id that is no target of the group is not refused; the run registers it (exit 0)"]
 fn an_elbv2_instance_that_is_no_target_of_the_group_is_refused() {
     use crate::aws::{instances_toml, rollscript_against_moto, Cloud};
 

@@ -35,7 +35,7 @@ Example: `health_url(\"http://127.0.0.1:8080/ready\", #{retries: 5, expect_body:
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(invalid(format!("health_url: expected an http(s) URL, got {url:?}")));
         }
-        let mut probe = c.effects.probe_for(&crate::effects::local_instance());
+        let mut probe = c.effects.probe_for(&crate::config::Instance::local());
         probe.url = url.to_string();
         for (k, v) in &opts {
             let int = |v: &Dynamic| -> RhaiResult<INT> {

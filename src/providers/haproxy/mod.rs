@@ -1,0 +1,459 @@
+//! `lb.kind = "haproxy"`: membership, drains, weights, stats and blue/green
+//! switches through the HAProxy runtime API (`stats socket … level admin`).
+//!
+//! This file is the policy: what each [`LoadBalancer`] call asks of HAProxy
+//! and when a wait is over. The mechanics sit beside it:
+//!
+//! - `servers.rs`: which HAProxy server an instance is, and one command to it;
+//! - `commands.rs`: the command lines, plain data built from checked names;
+//! - `runtime_api.rs`: the socket, one command per connection;
+//! - `stat.rs`: the `show stat` CSV and HAProxy's status words.
+
+mod commands;
+mod runtime_api;
+mod servers;
+mod stat;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::poll::Backoff;
+use crate::config::{format_duration, Instance, Inventory, LbBackend};
+use crate::primitives::{
+    ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState, MemberStats,
+};
+use commands::{set_state_cmd, set_weight_cmd, AdminState};
+use runtime_api::RuntimeApi;
+use stat::{member_state, takes_new_traffic, ServerStat, Status};
+
+pub struct HaproxyLb {
+    inv: Arc<Inventory>,
+    api: RuntimeApi,
+    backend: String,
+    /// Inventory name → HAProxy server name, for instances found by address;
+    /// std Mutex: nothing is awaited while it is held.
+    by_address: Mutex<HashMap<String, String>>,
+    /// Instances this provider put `ready` from `maint` and has not yet
+    /// waited for: HAProxy reset their health, so any DOWN is a new verdict.
+    from_maint: Mutex<HashSet<String>>,
+}
+
+impl HaproxyLb {
+    /// Connects to nothing: the first call does.
+    ///
+    /// # Panics
+    /// When the inventory's `lb.kind` is not `haproxy` (`providers::build`
+    /// only calls this for haproxy inventories).
+    pub fn new(inv: Arc<Inventory>) -> Self {
+        let LbBackend::Haproxy { socket, backend } = &inv.lb.backend else {
+            panic!("HaproxyLb needs lb.kind = \"haproxy\"");
+        };
+        Self {
+            api: RuntimeApi::new(socket),
+            backend: backend.clone(),
+            by_address: Mutex::new(HashMap::new()),
+            from_maint: Mutex::new(HashSet::new()),
+            inv,
+        }
+    }
+
+    /// The backend serving `inst`: its pool's own backend when `lb.pools`
+    /// names one, else `lb.backend`.
+    fn backend_of(&self, inst: &Instance) -> &str {
+        inst.pool
+            .as_ref()
+            .and_then(|p| self.inv.lb.pools.get(p))
+            .and_then(|t| t.backend.as_deref())
+            .unwrap_or(&self.backend)
+    }
+
+    /// The server name the plan shows: the inventory name (a by-address match
+    /// is only known after asking HAProxy, and a plan asks nothing).
+    fn label(&self, inst: &Instance) -> String {
+        format!("{}/{}", self.backend_of(inst), inst.name)
+    }
+
+    fn poll(&self) -> Backoff {
+        Backoff::fast_or_fixed(self.inv.lb.poll_interval)
+    }
+
+    /// HAProxy's health checks say `inst` is down (still, after `waited`).
+    fn marked_down(
+        &self,
+        inst: &Instance,
+        row: &ServerStat,
+        waited: Option<Duration>,
+    ) -> ActionError {
+        let still = waited
+            .map(|w| format!(" (still, after {})", format_duration(w)))
+            .unwrap_or_default();
+        ActionError::new(
+            ErrorKind::HealthFailed,
+            format!(
+                "HAProxy's health checks marked {}/{} DOWN{still}: {}",
+                row.backend,
+                row.server,
+                row.check_text()
+            ),
+        )
+        .host(&inst.name)
+        .detail("check_status", &row.check_status)
+    }
+
+    /// The instances of every pool, split into the target pool and the rest.
+    fn pool_members(&self, pool: &str) -> (Vec<&Instance>, Vec<&Instance>) {
+        self.inv
+            .instances
+            .iter()
+            .filter(|i| i.pool.is_some())
+            .partition(|i| i.pool.as_deref() == Some(pool))
+    }
+}
+
+#[async_trait]
+impl LoadBalancer for HaproxyLb {
+    fn kind(&self) -> &'static str {
+        "haproxy"
+    }
+
+    fn describe(&self, op: LbOp, inst: &Instance) -> String {
+        let what = match op {
+            LbOp::Deregister => "drain".to_string(),
+            LbOp::WaitDrained { .. } => "wait until 0 sessions, then maint".to_string(),
+            LbOp::Register => "ready".to_string(),
+            LbOp::WaitInService { .. } => "wait until UP".to_string(),
+            LbOp::SetWeight(w) => format!("weight {w}"),
+        };
+        format!("haproxy {}: {what}", self.label(inst))
+    }
+
+    /// `drain`: no new sessions; open ones finish; health checks go on.
+    async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
+        self.set_server(inst, |b, s| set_state_cmd(b, s, AdminState::Drain))
+            .await
+    }
+
+    /// Polls `scur` and `qcur` down to 0, then sets `maint` so nothing (not
+    /// even a persistent-cookie session, which `drain` still admits) arrives
+    /// while the instance is being replaced.
+    async fn wait_drained(&self, inst: &Instance, timeout: Duration) -> ActionResult<DrainReport> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut poll = self.poll();
+        let mut at_start = None;
+        loop {
+            let row = self.row(inst).await?;
+            let open = row.sessions + row.queue;
+            if at_start.is_none() {
+                at_start = Some(open);
+                if takes_new_traffic(&row.status) {
+                    return Err(ActionError::new(
+                        ErrorKind::Lb,
+                        format!(
+                            "HAProxy server {}/{} is still in rotation (status {}): deregister(inst) first, or the drain would wait on live traffic",
+                            row.backend, row.server, row.status
+                        ),
+                    )
+                    .host(&inst.name));
+                }
+            }
+            if open == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ActionError::new(
+                    ErrorKind::DrainTimeout,
+                    format!(
+                        "{} session(s) still open and {} queued on HAProxy server {}/{} after {}; it is left in {} (no new traffic). Raise lb.drain_timeout, or look for long-lived connections (websockets, streaming, slow clients)",
+                        row.sessions,
+                        row.queue,
+                        row.backend,
+                        row.server,
+                        format_duration(timeout),
+                        row.status
+                    ),
+                )
+                .host(&inst.name)
+                .detail("sessions", row.sessions)
+                .detail("queue", row.queue));
+            }
+            poll.pause(now, deadline).await;
+        }
+        self.set_server(inst, |b, s| set_state_cmd(b, s, AdminState::Maint))
+            .await?;
+        Ok(DrainReport {
+            waited: started.elapsed(),
+            connections_at_start: at_start,
+            configured_delay: None,
+        })
+    }
+
+    /// `ready`: back into load balancing. From `maint` HAProxy counts the
+    /// server UP at once with one check of slack (`UP 1/2`);
+    /// `wait_in_service` waits for that check.
+    async fn register(&self, inst: &Instance) -> ActionResult<()> {
+        let was = self.row(inst).await?;
+        self.set_server(inst, |b, s| set_state_cmd(b, s, AdminState::Ready))
+            .await?;
+        if Status::of(&was.status) == Status::Maint {
+            self.from_maint.lock().unwrap().insert(inst.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Waits for a plain `UP` (full health: a check passed since `ready`, or
+    /// the server has no checks). Fails as soon as a check run during the
+    /// wait marks it `DOWN`, with HAProxy's own words for why.
+    async fn wait_in_service(&self, inst: &Instance, timeout: Duration) -> ActionResult<Duration> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut poll = self.poll();
+        // A DOWN is news only when a check ran after `ready`: leaving maint
+        // resets the server to UP, so from there any DOWN is; otherwise (e.g.
+        // `ready` from a drain that checks marked DOWN during the restart) the
+        // DOWN may be stale until the status or the check result moves.
+        let mut checked_since = self.from_maint.lock().unwrap().remove(&inst.name);
+        let mut first_check = None;
+        // While a check runs, `show stat` shows it half-done (`* L7STS`, code
+        // 0, no text): verdicts come from the last finished one.
+        let mut finished: Option<ServerStat> = None;
+        loop {
+            let row = self.row(inst).await?;
+            let status = Status::of(&row.status);
+            if status != Status::Down {
+                checked_since = true;
+            }
+            if !row.check_running() {
+                let check = row.check_text();
+                if first_check.as_ref().is_some_and(|c| *c != check) {
+                    checked_since = true;
+                }
+                first_check.get_or_insert(check);
+                finished = Some(row.clone());
+            }
+            let verdict = finished.as_ref().unwrap_or(&row);
+            match status {
+                Status::Up => return Ok(started.elapsed()),
+                Status::Maint | Status::Drain => {
+                    return Err(ActionError::new(
+                        ErrorKind::Lb,
+                        format!(
+                            "HAProxy server {}/{} is not in rotation (status {}): register(inst) first",
+                            row.backend, row.server, row.status
+                        ),
+                    )
+                    .host(&inst.name));
+                }
+                Status::Down if !row.check_running() && row.check_failed() && checked_since => {
+                    return Err(self.marked_down(inst, &row, None));
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if status == Status::Down && verdict.check_failed() {
+                    return Err(self.marked_down(inst, verdict, Some(timeout)));
+                }
+                return Err(ActionError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "HAProxy server {}/{} did not come UP within {} (status {}, last check: {})",
+                        row.backend,
+                        row.server,
+                        format_duration(timeout),
+                        row.status,
+                        verdict.check_text()
+                    ),
+                )
+                .host(&inst.name));
+            }
+            poll.pause(now, deadline).await;
+        }
+    }
+
+    async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
+        self.set_server(inst, |b, s| set_weight_cmd(b, s, &weight.to_string()))
+            .await
+    }
+
+    fn supports_weights(&self) -> bool {
+        true
+    }
+
+    /// `weight 100%`: HAProxy's relative weight, of the one in haproxy.cfg.
+    async fn reset_weight(&self, inst: &Instance) -> ActionResult<()> {
+        self.set_server(inst, |b, s| set_weight_cmd(b, s, "100%"))
+            .await
+    }
+
+    async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
+        let rows = self
+            .servers(self.backend_of(inst))
+            .await
+            .map_err(|e| e.host(&inst.name))?;
+        Ok(match self.find(inst, &rows).await {
+            Some(row) => member_state(&row.status),
+            None => MemberState::Unknown,
+        })
+    }
+
+    /// One `show stat` per backend involved (one, unless pools have their own).
+    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+        let mut by_backend: BTreeMap<&str, Vec<ServerStat>> = BTreeMap::new();
+        let mut count = 0;
+        for inst in fleet {
+            let backend = self.backend_of(inst);
+            if !by_backend.contains_key(backend) {
+                by_backend.insert(backend, self.servers(backend).await?);
+            }
+            let rows = &by_backend[backend];
+            if let Some(row) = self.find(inst, rows).await {
+                if member_state(&row.status) == MemberState::InService {
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Keys: `sessions` (scur), `queue` (qcur), `requests` (stot), `http_2xx`,
+    /// `http_4xx`, `http_5xx`, `response_ms` (rtime, average of the last
+    /// 1024), `weight`, `connect_errors` (econ), `response_errors` (eresp).
+    async fn stats(&self, inst: &Instance) -> ActionResult<MemberStats> {
+        let row = self.row(inst).await?;
+        Ok([
+            ("sessions", row.sessions),
+            ("queue", row.queue),
+            ("requests", row.total),
+            ("http_2xx", row.http_2xx),
+            ("http_4xx", row.http_4xx),
+            ("http_5xx", row.http_5xx),
+            ("response_ms", row.response_ms),
+            ("weight", row.weight),
+            ("connect_errors", row.connect_errors),
+            ("response_errors", row.response_errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v as f64))
+        .collect())
+    }
+
+    /// One socket write: the target pool's servers `ready` first (so there is
+    /// no instant with nobody serving), then every other pool's `drain`. The
+    /// old pool keeps running and health-checked, for an instant switch back.
+    async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
+        let (target, others) = self.pool_members(pool);
+        if target.is_empty() {
+            return Err(ActionError::new(
+                ErrorKind::InvalidArgument,
+                format!("no instance has pool = {pool:?}"),
+            ));
+        }
+        let mut rows: BTreeMap<&str, Vec<ServerStat>> = BTreeMap::new();
+        let mut resolve = Vec::new();
+        let mut missing = Vec::new();
+        for (inst, up) in target
+            .iter()
+            .map(|i| (*i, true))
+            .chain(others.iter().map(|i| (*i, false)))
+        {
+            let backend = self.backend_of(inst);
+            if !rows.contains_key(backend) {
+                rows.insert(backend, self.servers(backend).await?);
+            }
+            match self.find(inst, &rows[backend]).await {
+                Some(row) => resolve.push((row.clone(), up)),
+                None => missing.push(self.missing(inst, backend, &rows[backend])),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ActionError::new(
+                ErrorKind::Lb,
+                format!(
+                    "cannot switch to pool {pool}: {}; nothing was changed",
+                    missing.join("; ")
+                ),
+            ));
+        }
+        // Draining the serving pool for a pool HAProxy already knows is dead
+        // would take the site down; servers in maint have no known health yet.
+        let incoming: Vec<&ServerStat> = resolve
+            .iter()
+            .filter(|(_, up)| *up)
+            .map(|(r, _)| r)
+            .collect();
+        if incoming.iter().all(|r| {
+            Status::of(&r.status) == Status::Down || Status::of(&r.status) == Status::Rising
+        }) {
+            let why: Vec<String> = incoming
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}/{} {} ({})",
+                        r.backend,
+                        r.server,
+                        r.status,
+                        r.check_text()
+                    )
+                })
+                .collect();
+            return Err(ActionError::new(
+                ErrorKind::HealthFailed,
+                format!(
+                    "refusing to switch to pool {pool}: HAProxy's health checks report none of its servers up: {}; nothing was changed",
+                    why.join(", ")
+                ),
+            ));
+        }
+        let mut cmds = Vec::new();
+        for (row, up) in resolve
+            .iter()
+            .filter(|(_, up)| *up)
+            .chain(resolve.iter().filter(|(_, up)| !*up))
+        {
+            let state = if *up {
+                AdminState::Ready
+            } else {
+                AdminState::Drain
+            };
+            cmds.push(set_state_cmd(&row.backend, &row.server, state)?);
+        }
+        let line = cmds.join("; ");
+        let reply = self.api.send(&line).await?;
+        if !reply.is_empty() {
+            return Err(ActionError::new(
+                ErrorKind::Lb,
+                format!(
+                    "HAProxy at {} replied {reply:?} to the switch to pool {pool}; check `show stat`: the commands before the failing one took effect",
+                    self.api
+                ),
+            )
+            .command(line));
+        }
+        Ok(())
+    }
+
+    fn describe_switch(&self, pool: &str) -> String {
+        let (target, others) = self.pool_members(pool);
+        let list = |v: &[&Instance]| {
+            v.iter()
+                .map(|i| self.label(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if others.is_empty() {
+            format!("haproxy: ready {} (pool {pool})", list(&target))
+        } else {
+            format!(
+                "haproxy: ready {} (pool {pool}), drain {} — one command",
+                list(&target),
+                list(&others)
+            )
+        }
+    }
+}

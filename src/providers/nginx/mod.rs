@@ -1,0 +1,539 @@
+//! `lb.kind = "nginx"`: membership and weights by rewriting the include file
+//! that holds one `upstream NAME { … }` block, then `test_command` and
+//! `reload_command`; drains by waiting for nginx's old worker processes.
+//!
+//! Owns that file. The membership state lives in it (`down`, `weight=`), and
+//! every change reads it back first, so separate runs agree; it is written
+//! atomically (temp file + rename) and restored when nginx rejects it. Other
+//! directives in the block and other server parameters are kept.
+//!
+//! Why waiting for workers is the drain: on reload the master starts new
+//! workers with the new upstream, then (≈100 ms later) tells the old ones to
+//! stop accepting and exit once their in-flight requests are done. So
+//! `deregister` returns when every old worker has stopped accepting (no new
+//! request can reach the `down` server), and `wait_drained` when they are
+//! gone (every request that could still reach it has finished).
+//!
+//! This file is the policy: each [`LoadBalancer`] call as an edit of the
+//! upstream, one test and reload, and the waits on workers. Beside it:
+//!
+//! - `upstream.rs`: the upstream file's parser, editor and renderer;
+//! - `workers.rs`: nginx's processes, which master a reload signals, and
+//!   waiting for its old workers;
+//! - `host.rs`: where nginx runs (this machine, or `lb.run_on` over ssh).
+
+mod host;
+mod upstream;
+mod workers;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::config::{format_duration, host_for_url, Instance, Inventory, LbBackend};
+use crate::primitives::{
+    ActionError, ActionResult, Cmd, DrainReport, ErrorKind, ExecOutput, LbOp, LoadBalancer,
+    MemberState, Transport,
+};
+use host::NginxHost;
+use upstream::Upstream;
+use workers::{find_master, workers_of, Until};
+
+/// How long a reload may take to reach the workers. The master sleeps
+/// 100 ms between starting new workers and stopping old ones; a big config
+/// (many certificates) takes seconds to load. Past this the master has most
+/// likely refused the new config (a failed bind shows only in its error log).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct NginxLb {
+    inv: Arc<Inventory>,
+    host: NginxHost,
+    file: PathBuf,
+    upstream: String,
+    test_command: String,
+    reload_command: String,
+    /// One read-modify-write-reload at a time within a run (parallel batches).
+    edit: tokio::sync::Mutex<()>,
+    /// Instance name → workers that were serving before the reload that took
+    /// it out; any of them may still be proxying to it. std Mutex: nothing is
+    /// awaited while it is held.
+    pending: Mutex<HashMap<String, BTreeSet<u32>>>,
+}
+
+impl NginxLb {
+    /// Touches nothing: the first call does.
+    ///
+    /// # Panics
+    /// When the inventory's `lb.kind` is not `nginx` (`providers::build` only
+    /// calls this for nginx inventories).
+    pub fn new(inv: Arc<Inventory>, ssh: Arc<dyn Transport>, local: Arc<dyn Transport>) -> Self {
+        let LbBackend::Nginx {
+            upstream_file,
+            upstream,
+            test_command,
+            reload_command,
+            run_on,
+        } = &inv.lb.backend
+        else {
+            panic!("NginxLb needs lb.kind = \"nginx\"");
+        };
+        let host = match run_on.as_deref().and_then(|n| inv.instance(n)) {
+            Some(lb_host) => NginxHost::Remote {
+                ssh,
+                on: lb_host.clone(),
+            },
+            None => NginxHost::Local {
+                local,
+                on: Instance::local(),
+            },
+        };
+        Self {
+            host,
+            file: upstream_file.clone(),
+            upstream: upstream.clone(),
+            test_command: test_command.clone(),
+            reload_command: reload_command.clone(),
+            edit: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(HashMap::new()),
+            inv,
+        }
+    }
+
+    /// The `server` address of `inst`: `host:port`, port = its traffic port.
+    fn addr(&self, inst: &Instance) -> String {
+        format!(
+            "{}:{}",
+            host_for_url(&inst.host),
+            self.inv.traffic_port(inst)
+        )
+    }
+
+    fn who(&self) -> String {
+        match &self.host {
+            NginxHost::Local { .. } => "nginx".into(),
+            NginxHost::Remote { on, .. } => format!("nginx on {}", on.name),
+        }
+    }
+
+    /// The upstream as it is now: the file's state for known servers, the
+    /// inventory's defaults for new ones. None when the file does not exist.
+    async fn current(&self) -> ActionResult<(Option<String>, Upstream)> {
+        let text = self.host.read(&self.file).await?;
+        let parsed = match &text {
+            Some(t) => Upstream::parse(t, &self.upstream).map_err(|m| {
+                ActionError::new(
+                    ErrorKind::Lb,
+                    format!(
+                        "{} (lb.upstream_file): {m}; rollscript owns this file — keep only the upstream block in it",
+                        self.file.display()
+                    ),
+                )
+            })?,
+            None => None,
+        };
+        let up = Upstream::reconcile(parsed, &self.upstream, &self.inv, |i| self.addr(i));
+        Ok((text, up))
+    }
+
+    /// Reads the file (for `state`): None when it does not exist yet.
+    async fn read_state(&self) -> ActionResult<Option<Upstream>> {
+        match self.current().await? {
+            (None, _) => Ok(None),
+            (Some(_), up) => Ok(Some(up)),
+        }
+    }
+
+    /// Applies `change` to the upstream, writes it, tests, reloads, and waits
+    /// until no old worker accepts connections any more. Returns the workers
+    /// that were serving before (they may still be finishing requests).
+    /// Whatever fails, the file is put back as it was.
+    async fn apply(
+        &self,
+        change: impl FnOnce(&mut Upstream) -> Result<(), String>,
+    ) -> ActionResult<BTreeSet<u32>> {
+        let _edit = self.edit.lock().await;
+        let (before, mut up) = self.current().await?;
+        change(&mut up).map_err(|m| {
+            ActionError::new(ErrorKind::Lb, format!("{}: {m}", self.file.display()))
+        })?;
+        let text = up.render(&self.inv.path);
+        let procs = self.host.processes().await?;
+        let master = find_master(&procs, &self.reload_command, &self.test_command)
+            .map_err(|m| ActionError::new(ErrorKind::Lb, m))?;
+        let old: BTreeSet<u32> = workers_of(&procs, master).map(|p| p.pid).collect();
+        let accepting: BTreeSet<u32> = workers_of(&procs, master)
+            .filter(|p| !p.shutting_down())
+            .map(|p| p.pid)
+            .collect();
+
+        self.host.write(&self.file, &text).await?;
+        for (what, command) in [
+            ("test", &self.test_command),
+            ("reload", &self.reload_command),
+        ] {
+            let out = self
+                .host
+                .exec(&Cmd::Shell(command.clone()), self.timeout())
+                .await;
+            let failed = match out {
+                Ok(out) if out.status == 0 => continue,
+                Ok(out) => self.rejected(what, command, &out),
+                Err(e) => e,
+            };
+            return Err(self.restore(before.as_deref(), failed, false).await);
+        }
+        match self
+            .host
+            .wait_for(
+                &accepting,
+                Until::NotAccepting,
+                RELOAD_TIMEOUT,
+                self.inv.lb.poll_interval,
+            )
+            .await?
+        {
+            Ok(()) => Ok(old),
+            Err(still) => {
+                let e = ActionError::new(
+                    ErrorKind::Lb,
+                    format!(
+                        "{} ran `{}` but its master (pid {master}) kept the old workers (pids {}) for {}: it most likely refused the new configuration (errors only the master finds, like a failed bind, appear only in nginx's error log)",
+                        self.who(),
+                        self.reload_command,
+                        join(&still),
+                        format_duration(RELOAD_TIMEOUT)
+                    ),
+                )
+                .command(self.reload_command.clone());
+                Err(self.restore(before.as_deref(), e, true).await)
+            }
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inv.ssh.command_timeout
+    }
+
+    /// nginx's refusal, as the operator needs it: its `[emerg]` line first.
+    fn rejected(&self, what: &str, command: &str, out: &ExecOutput) -> ActionError {
+        let text = if out.stderr.trim().is_empty() {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
+        let why = text
+            .lines()
+            .find(|l| l.contains("[emerg]"))
+            .or_else(|| text.lines().find(|l| !l.trim().is_empty()))
+            .unwrap_or("no output")
+            .trim();
+        ActionError::new(
+            ErrorKind::Lb,
+            format!(
+                "{} {what} failed after rewriting {}: {why}",
+                self.who(),
+                self.file.display()
+            ),
+        )
+        .command(command)
+        .status(out.status)
+        .stderr_tail(text)
+    }
+
+    /// Puts the file back as it was (removes it if it did not exist) and
+    /// says so in `e`; with `reload`, reloads too, so nginx runs what the
+    /// file says whether or not the master took the rejected version.
+    async fn restore(&self, before: Option<&str>, mut e: ActionError, reload: bool) -> ActionError {
+        let restored = match before {
+            Some(text) => self.host.write(&self.file, text).await,
+            None => self.host.remove(&self.file).await,
+        };
+        match restored {
+            Ok(()) => {
+                e.message
+                    .push_str(&format!("; {} restored", self.file.display()));
+                if reload {
+                    let cmd = Cmd::Shell(self.reload_command.clone());
+                    if let Ok(out) = self.host.exec(&cmd, self.timeout()).await {
+                        if out.status != 0 {
+                            warn!(
+                                "reloading nginx with the restored upstream failed: {}",
+                                out.stderr.trim()
+                            );
+                        }
+                    }
+                }
+            }
+            Err(r) => e.message.push_str(&format!(
+                "; restoring {} failed too ({}): check it before the next reload",
+                self.file.display(),
+                r.message
+            )),
+        }
+        e
+    }
+
+    fn take_pending(&self, inst: &Instance) -> Option<BTreeSet<u32>> {
+        self.pending.lock().unwrap().remove(&inst.name)
+    }
+
+    fn add_pending(&self, name: &str, workers: &BTreeSet<u32>) {
+        self.pending
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .extend(workers);
+    }
+
+    fn pool_addrs(&self, pool: &str) -> (Vec<String>, Vec<String>) {
+        let (target, others): (Vec<&Instance>, Vec<&Instance>) = self
+            .inv
+            .instances
+            .iter()
+            .filter(|i| i.pool.is_some())
+            .partition(|i| i.pool.as_deref() == Some(pool));
+        (
+            target.iter().map(|i| self.addr(i)).collect(),
+            others.iter().map(|i| self.addr(i)).collect(),
+        )
+    }
+
+    fn server_missing(&self, inst: &Instance) -> ActionError {
+        ActionError::new(
+            ErrorKind::Lb,
+            format!(
+                "{} has no server {} in upstream {}",
+                self.file.display(),
+                self.addr(inst),
+                self.upstream
+            ),
+        )
+        .host(&inst.name)
+    }
+}
+
+#[async_trait]
+impl LoadBalancer for NginxLb {
+    fn kind(&self) -> &'static str {
+        "nginx"
+    }
+
+    fn describe(&self, op: LbOp, inst: &Instance) -> String {
+        let addr = self.addr(inst);
+        let what = match op {
+            LbOp::Deregister => format!("mark {addr} down, test, reload"),
+            LbOp::WaitDrained { timeout } => format!(
+                "wait for old workers to finish (≤ {})",
+                format_duration(timeout)
+            ),
+            LbOp::Register => format!("mark {addr} up, test, reload"),
+            LbOp::WaitInService { .. } => {
+                format!("check {addr} is up in upstream {}", self.upstream)
+            }
+            LbOp::SetWeight(w) => format!("set {addr} weight={w}, test, reload"),
+        };
+        format!("{}: {what}", self.who())
+    }
+
+    async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
+        let addr = self.addr(inst);
+        let old = self
+            .apply(|up| up.server(&addr).map(|s| s.down = true))
+            .await
+            .map_err(|e| e.host(&inst.name))?;
+        self.add_pending(&inst.name, &old);
+        Ok(())
+    }
+
+    /// Waits for the workers that served before the `down` reload to exit.
+    /// In a run that did not deregister `inst` itself (e.g. after a crash),
+    /// waits for every worker nginx is shutting down now.
+    async fn wait_drained(&self, inst: &Instance, timeout: Duration) -> ActionResult<DrainReport> {
+        let started = Instant::now();
+        let old = match self.take_pending(inst) {
+            Some(old) => old,
+            None => {
+                let procs = self
+                    .host
+                    .processes()
+                    .await
+                    .map_err(|e| e.host(&inst.name))?;
+                let master = find_master(&procs, &self.reload_command, &self.test_command)
+                    .map_err(|m| ActionError::new(ErrorKind::Lb, m).host(&inst.name))?;
+                workers_of(&procs, master)
+                    .filter(|p| p.shutting_down())
+                    .map(|p| p.pid)
+                    .collect()
+            }
+        };
+        let outcome = self
+            .host
+            .wait_for(&old, Until::Gone, timeout, self.inv.lb.poll_interval)
+            .await
+            .map_err(|e| e.host(&inst.name))?;
+        match outcome {
+            Ok(()) => Ok(DrainReport {
+                waited: started.elapsed(),
+                connections_at_start: None,
+                configured_delay: None,
+            }),
+            Err(still) => {
+                // Kept, so a retry waits for the same workers.
+                self.add_pending(&inst.name, &still.iter().copied().collect());
+                let message = format!(
+                    "{} old nginx worker(s) (pids {}) still finishing requests after {}; {} is marked down, so they get no new ones. Raise lb.drain_timeout, or set nginx's worker_shutdown_timeout for long-lived connections (websockets, streaming)",
+                    still.len(),
+                    join(&still),
+                    format_duration(timeout),
+                    self.addr(inst)
+                );
+                Err(ActionError::new(ErrorKind::DrainTimeout, message)
+                    .host(&inst.name)
+                    .detail("workers", still.len()))
+            }
+        }
+    }
+
+    async fn register(&self, inst: &Instance) -> ActionResult<()> {
+        let addr = self.addr(inst);
+        self.apply(|up| up.server(&addr).map(|s| s.down = false))
+            .await
+            .map_err(|e| e.host(&inst.name))?;
+        self.take_pending(inst);
+        Ok(())
+    }
+
+    /// nginx (open source) has no active health checks: in service means up
+    /// in the upstream nginx now runs (`register` waited for the reload).
+    async fn wait_in_service(&self, inst: &Instance, _timeout: Duration) -> ActionResult<Duration> {
+        let started = Instant::now();
+        let up = self.read_state().await.map_err(|e| e.host(&inst.name))?;
+        match up.as_ref().and_then(|u| u.find(&self.addr(inst))) {
+            Some(s) if !s.down => Ok(started.elapsed()),
+            Some(_) => Err(ActionError::new(
+                ErrorKind::Lb,
+                format!(
+                    "{} is marked down in {}: register(inst) first",
+                    self.addr(inst),
+                    self.file.display()
+                ),
+            )
+            .host(&inst.name)),
+            None => Err(self.server_missing(inst)),
+        }
+    }
+
+    async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
+        self.set_weights(&[(inst, Some(weight))])
+            .await
+            .map_err(|e| e.host(&inst.name))
+    }
+
+    fn supports_weights(&self) -> bool {
+        true
+    }
+
+    async fn reset_weight(&self, inst: &Instance) -> ActionResult<()> {
+        self.set_weights(&[(inst, None)]).await
+    }
+
+    /// One rewrite and one reload for all of `changes`; `None` is the
+    /// inventory's weight (or none, nginx's default of 1).
+    async fn set_weights(&self, changes: &[(&Instance, Option<u32>)]) -> ActionResult<()> {
+        if let Some((inst, _)) = changes.iter().find(|(_, w)| *w == Some(0)) {
+            const NO_ZERO: &str = "nginx has no weight 0 (`weight=` must be 1 or more): use deregister(inst) to take it out of rotation";
+            return Err(ActionError::new(ErrorKind::InvalidArgument, NO_ZERO).host(&inst.name));
+        }
+        let targets: Vec<(String, Option<u32>)> = changes
+            .iter()
+            .map(|(inst, w)| (self.addr(inst), w.or(inst.weight)))
+            .collect();
+        self.apply(|up| {
+            for (addr, w) in &targets {
+                up.server(addr)?.weight = *w;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
+        let up = self.read_state().await.map_err(|e| e.host(&inst.name))?;
+        Ok(match up.as_ref().and_then(|u| u.find(&self.addr(inst))) {
+            Some(s) if s.down => MemberState::OutOfService,
+            Some(_) => MemberState::InService,
+            None => MemberState::Unknown,
+        })
+    }
+
+    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+        let Some(up) = self.read_state().await? else {
+            return Ok(0);
+        };
+        Ok(fleet
+            .iter()
+            .filter(|i| up.find(&self.addr(i)).is_some_and(|s| !s.down))
+            .count())
+    }
+
+    /// Rewrites the upstream so only `pool`'s servers are up, in one reload.
+    /// The other pools keep running (marked down) for an instant switch back.
+    async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
+        let (target, others) = self.pool_addrs(pool);
+        if target.is_empty() {
+            return Err(ActionError::new(
+                ErrorKind::InvalidArgument,
+                format!("no instance has pool = {pool:?}"),
+            ));
+        }
+        let old = self
+            .apply(|up| {
+                for (addrs, down) in [(&target, false), (&others, true)] {
+                    for a in addrs {
+                        up.server(a)?.down = down;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        for inst in &self.inv.instances {
+            match inst.pool.as_deref() {
+                Some(p) if p == pool => {
+                    self.take_pending(inst);
+                }
+                Some(_) => self.add_pending(&inst.name, &old),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn describe_switch(&self, pool: &str) -> String {
+        let (target, others) = self.pool_addrs(pool);
+        format!(
+            "{}: upstream {}: up {} (pool {pool}), down {}, test, reload",
+            self.who(),
+            self.upstream,
+            target.join(", "),
+            if others.is_empty() {
+                "none".to_string()
+            } else {
+                others.join(", ")
+            }
+        )
+    }
+}
+
+fn join(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
