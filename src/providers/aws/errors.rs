@@ -46,5 +46,11 @@ where
     if let Some(id) = err.request_id() {
         e = e.detail("aws_request_id", id);
     }
-    e
+    // AWS refused (a service error) or it never left (construction): the
+    // call did nothing. A timeout, a dispatch or response failure may have
+    // reached AWS: the outcome is unknown.
+    match err {
+        SdkError::ServiceError(_) | SdkError::ConstructionFailure(_) => e,
+        _ => e.outcome_unknown(),
+    }
 }

@@ -275,9 +275,47 @@ impl LoadBalancer for ElbV2 {
         Ok(self.health_of(&t).await?.member_state())
     }
 
-    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+    /// One DescribeTargetHealth for the whole target group (and EC2 lookups
+    /// for instances known only by address, cached).
+    async fn states(&self, fleet: &[Instance]) -> ActionResult<Vec<MemberState>> {
         if fleet.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
+        }
+        let ids = self.resolve_ids(fleet).await?;
+        let listed = self.describe_health(None).await?;
+        Ok(fleet
+            .iter()
+            .zip(&ids)
+            .map(|(inst, id)| {
+                let port = self.port_of(inst);
+                listed
+                    .iter()
+                    .find(|l| &l.id == id && l.port.is_none_or(|p| p == port))
+                    .map(|l| l.status.member_state())
+                    .unwrap_or(MemberState::OutOfService)
+            })
+            .collect())
+    }
+
+    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+        let states = self.states(fleet).await?;
+        Ok(states.iter().filter(|s| **s == MemberState::InService).count())
+    }
+
+    fn state_word(&self, state: &MemberState) -> String {
+        match state {
+            MemberState::Draining => "draining".into(),
+            MemberState::OutOfService | MemberState::Unknown => "not registered".into(),
+            other => other.as_str().into(),
+        }
+    }
+
+    /// Every instance is a target of the group (in any state: initial,
+    /// healthy, unhealthy, draining): one that is not is an inventory the
+    /// target group disagrees with.
+    async fn verify(&self, fleet: &[Instance]) -> ActionResult<Vec<String>> {
+        if fleet.is_empty() {
+            return Ok(Vec::new());
         }
         let ids = self.resolve_ids(fleet).await?;
         let listed = self.describe_health(None).await?;
@@ -286,13 +324,19 @@ impl LoadBalancer for ElbV2 {
             .zip(&ids)
             .filter(|(inst, id)| {
                 let port = self.port_of(inst);
-                listed.iter().any(|l| {
-                    &l.id == *id
-                        && l.port.is_none_or(|p| p == port)
-                        && l.status.member_state() == MemberState::InService
-                })
+                !listed
+                    .iter()
+                    .any(|l| &l.id == *id && l.port.is_none_or(|p| p == port))
             })
-            .count())
+            .map(|(inst, id)| {
+                format!(
+                    "{}: instance {id} (port {}) is not a target of target group {}: register it, or remove it from the inventory (if a killed rollscript run took it out, `rollscript recover` puts it back)",
+                    inst.name,
+                    self.port_of(inst),
+                    self.target_group_arn
+                )
+            })
+            .collect())
     }
 
     /// ELBv2 keeps no per-target traffic numbers outside CloudWatch; these are

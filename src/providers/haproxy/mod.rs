@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::poll::Backoff;
-use crate::config::{format_duration, Instance, Inventory, LbBackend};
+use crate::config::{format_duration, host_for_url, Instance, Inventory, LbBackend};
 use crate::primitives::{
     ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState, MemberStats,
 };
@@ -303,22 +303,83 @@ impl LoadBalancer for HaproxyLb {
     }
 
     /// One `show stat` per backend involved (one, unless pools have their own).
-    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+    async fn states(&self, fleet: &[Instance]) -> ActionResult<Vec<MemberState>> {
         let mut by_backend: BTreeMap<&str, Vec<ServerStat>> = BTreeMap::new();
-        let mut count = 0;
+        let mut out = Vec::with_capacity(fleet.len());
+        for inst in fleet {
+            let backend = self.backend_of(inst);
+            if !by_backend.contains_key(backend) {
+                by_backend.insert(backend, self.servers(backend).await?);
+            }
+            out.push(match self.find(inst, &by_backend[backend]).await {
+                Some(row) => member_state(&row.status),
+                None => MemberState::Unknown,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+        let states = self.states(fleet).await?;
+        Ok(states.iter().filter(|s| **s == MemberState::InService).count())
+    }
+
+    fn state_word(&self, state: &MemberState) -> String {
+        match state {
+            MemberState::OutOfService => "MAINT",
+            MemberState::Draining => "DRAIN",
+            MemberState::Unhealthy => "DOWN",
+            MemberState::Starting => "DOWN, checks rising",
+            MemberState::InService => "UP",
+            MemberState::Unknown => "no such server",
+        }
+        .into()
+    }
+
+    /// Each instance is a server of its backend at the inventory's address
+    /// (found by name or by address), and no two instances are one server.
+    async fn verify(&self, fleet: &[Instance]) -> ActionResult<Vec<String>> {
+        let mut by_backend: BTreeMap<&str, Vec<ServerStat>> = BTreeMap::new();
+        let mut problems = Vec::new();
+        let mut taken: BTreeMap<(String, String), &str> = BTreeMap::new();
         for inst in fleet {
             let backend = self.backend_of(inst);
             if !by_backend.contains_key(backend) {
                 by_backend.insert(backend, self.servers(backend).await?);
             }
             let rows = &by_backend[backend];
-            if let Some(row) = self.find(inst, rows).await {
-                if member_state(&row.status) == MemberState::InService {
-                    count += 1;
+            let here = format!("{}:{}", host_for_url(&inst.host), self.inv.traffic_port(inst));
+            let row = match rows.iter().find(|r| r.server == inst.name) {
+                Some(row) if !self.at(inst, row).await => {
+                    problems.push(format!(
+                        "{}: HAProxy server {}/{} is at {}, but the inventory says {} is at {here}: fix its host/port (or the server line in haproxy.cfg)",
+                        inst.name, row.backend, row.server, row.addr, inst.name
+                    ));
+                    continue;
                 }
+                Some(row) => row,
+                None => match self.find(inst, rows).await {
+                    Some(row) => row,
+                    None => {
+                        problems.push(format!(
+                            "{}: HAProxy at {}: {}",
+                            inst.name,
+                            self.api,
+                            self.missing(inst, backend, rows)
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let key = (row.backend.clone(), row.server.clone());
+            if let Some(other) = taken.insert(key, &inst.name) {
+                problems.push(format!(
+                    "{}: HAProxy server {}/{} is also {other}'s: two instances would drain one server",
+                    inst.name, row.backend, row.server
+                ));
             }
         }
-        Ok(count)
+        Ok(problems)
     }
 
     /// Keys: `sessions` (scur), `queue` (qcur), `requests` (stot), `http_2xx`,

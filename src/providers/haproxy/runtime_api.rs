@@ -89,6 +89,7 @@ impl RuntimeApi {
         };
         match tokio::time::timeout(API_TIMEOUT, exchange).await {
             Ok(reply) => reply,
+            // Connected and maybe sent: whether HAProxy acted is unknown.
             Err(_) => Err(ActionError::new(
                 ErrorKind::Lb,
                 format!(
@@ -96,7 +97,8 @@ impl RuntimeApi {
                     format_duration(API_TIMEOUT)
                 ),
             )
-            .command(line)),
+            .command(line)
+            .outcome_unknown()),
         }
     }
 
@@ -112,11 +114,15 @@ impl RuntimeApi {
             )
             .command(line)
         };
+        // A failed write may still have delivered the line; a failed read
+        // certainly came after it: either way HAProxy may have acted.
         s.write_all(format!("{line}\n").as_bytes())
             .await
-            .map_err(io)?;
+            .map_err(|e| io(e).outcome_unknown())?;
         let mut reply = Vec::new();
-        s.read_to_end(&mut reply).await.map_err(io)?;
+        s.read_to_end(&mut reply)
+            .await
+            .map_err(|e| io(e).outcome_unknown())?;
         Ok(String::from_utf8_lossy(&reply).trim().to_string())
     }
 

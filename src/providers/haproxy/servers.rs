@@ -57,6 +57,13 @@ impl HaproxyLb {
         Some(row)
     }
 
+    /// Whether `row` is at `inst`'s `host:port`, as HAProxy prints it.
+    pub(super) async fn at(&self, inst: &Instance, row: &ServerStat) -> bool {
+        address_forms(&inst.host, self.inv.traffic_port(inst))
+            .await
+            .contains(&row.addr)
+    }
+
     /// The row of `inst`, or an error naming what the backend does hold.
     pub(super) async fn row(&self, inst: &Instance) -> ActionResult<ServerStat> {
         let backend = self.backend_of(inst);

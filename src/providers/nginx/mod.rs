@@ -473,14 +473,83 @@ impl LoadBalancer for NginxLb {
         })
     }
 
-    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
-        let Some(up) = self.read_state().await? else {
-            return Ok(0);
-        };
+    /// One read of the upstream file for the whole fleet.
+    async fn states(&self, fleet: &[Instance]) -> ActionResult<Vec<MemberState>> {
+        let up = self.read_state().await?;
         Ok(fleet
             .iter()
-            .filter(|i| up.find(&self.addr(i)).is_some_and(|s| !s.down))
-            .count())
+            .map(|i| match up.as_ref().and_then(|u| u.find(&self.addr(i))) {
+                Some(s) if s.down => MemberState::OutOfService,
+                Some(_) => MemberState::InService,
+                None => MemberState::Unknown,
+            })
+            .collect())
+    }
+
+    async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
+        let states = self.states(fleet).await?;
+        Ok(states.iter().filter(|s| **s == MemberState::InService).count())
+    }
+
+    fn state_word(&self, state: &MemberState) -> String {
+        match state {
+            MemberState::OutOfService => "down".into(),
+            MemberState::Unknown => "not in the upstream".into(),
+            other => other.as_str().into(),
+        }
+    }
+
+    /// Once the file exists, its upstream and the inventory list the same
+    /// servers: a server nginx routes to that no instance is would never be
+    /// drained (and rewriting the file would drop it), an instance missing
+    /// from it would be put into rotation by the first rewrite.
+    async fn verify(&self, fleet: &[Instance]) -> ActionResult<Vec<String>> {
+        let missing = || {
+            vec![format!(
+                "lb.upstream_file {} holds no upstream {}: write it (`upstream {} {{ server HOST:PORT; … }}`, one server per instance) and include it from nginx.conf before the first run",
+                self.file.display(),
+                self.upstream,
+                self.upstream
+            )]
+        };
+        let Some(text) = self.host.read(&self.file).await? else {
+            return Ok(missing());
+        };
+        let Some(up) = Upstream::parse(&text, &self.upstream).map_err(|m| {
+            ActionError::new(
+                ErrorKind::Lb,
+                format!(
+                    "{} (lb.upstream_file): {m}; rollscript owns this file — keep only the upstream block in it",
+                    self.file.display()
+                ),
+            )
+        })?
+        else {
+            return Ok(missing());
+        };
+        let ours: Vec<String> = fleet.iter().map(|i| self.addr(i)).collect();
+        let mut problems: Vec<String> = up
+            .addrs()
+            .filter(|a| !ours.iter().any(|o| o == a))
+            .map(|a| {
+                format!(
+                    "{}: server {a} of upstream {} is not an instance of the inventory: add it as an [[instances]] entry, or remove it from the upstream",
+                    self.file.display(),
+                    self.upstream
+                )
+            })
+            .collect();
+        for (inst, addr) in fleet.iter().zip(&ours) {
+            if up.find(addr).is_none() {
+                problems.push(format!(
+                    "{}: {addr} is not a server of upstream {} in {}: add it there (marked `down` if it must not get traffic yet), or fix its host/port",
+                    inst.name,
+                    self.upstream,
+                    self.file.display()
+                ));
+            }
+        }
+        Ok(problems)
     }
 
     /// Rewrites the upstream so only `pool`'s servers are up, in one reload.

@@ -146,6 +146,11 @@ impl Upstream {
         }
     }
 
+    /// The `server` addresses, as written.
+    pub(super) fn addrs(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().map(|s| s.addr.as_str())
+    }
+
     pub(super) fn find(&self, addr: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.addr == addr)
     }
