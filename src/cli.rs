@@ -1,9 +1,11 @@
 //! Command-line interface (clap derive). Nothing below this module sees clap:
-//! [`Cli`] is turned into plain option structs in `main`.
+//! [`Cli`] is turned into plain option structs in `main`. Shell completions
+//! and man pages are generated from the clap definition, so they live here too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -136,13 +138,69 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  rollscript completions bash > /etc/bash_completion.d/rollscript"
     )]
-    Completions { shell: clap_complete::Shell },
+    Completions { shell: Shell },
+    /// Write the man pages (rollscript.1 and one per subcommand) into DIR/man1.
+    #[command(
+        after_help = "Examples:\n  rollscript man ~/.local/share/man     then: man rollscript\n  rollscript man target/man             what tools/deb packages"
+    )]
+    Man {
+        /// A man directory (the pages go to DIR/man1, created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// Print one run's journal readably.
     Show { run: String },
+}
+
+/// Prints the completion script for `shell` on stdout.
+pub fn print_completions(shell: Shell) {
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "rollscript",
+        &mut std::io::stdout(),
+    );
+}
+
+/// Writes the man pages, generated from this very command line so they
+/// cannot drift from it: `DIR/man1/rollscript.1` and one page per subcommand
+/// (`rollscript-run.1`, `rollscript-runs-show.1`, …). Returns the files written.
+pub fn write_man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let man1 = dir.join("man1");
+    std::fs::create_dir_all(&man1)?;
+    // generate_to builds the command itself, with clap's `help` subcommand
+    // disabled: no rollscript-help.1.
+    clap_mangen::generate_to(Cli::command(), &man1)?;
+    let mut pages = Vec::new();
+    page_names(&Cli::command(), None, &mut pages);
+    pages
+        .into_iter()
+        .map(|name| {
+            let path = man1.join(name);
+            match path.exists() {
+                true => Ok(path),
+                false => Err(std::io::Error::other(format!(
+                    "clap_mangen did not write {}",
+                    path.display()
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// The page names clap_mangen gives a command and its visible subcommands.
+fn page_names(cmd: &clap::Command, parent: Option<&str>, out: &mut Vec<String>) {
+    let name = match parent {
+        Some(parent) => format!("{parent}-{}", cmd.get_name()),
+        None => cmd.get_name().to_string(),
+    };
+    out.push(format!("{name}.1"));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        page_names(sub, Some(&name), out);
+    }
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {

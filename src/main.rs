@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
-use rollscript::cli::{Cli, Command, LogFormat, RunsCommand};
+use clap::Parser;
+use rollscript::cli::{self, Cli, Command, LogFormat, RunsCommand};
 use rollscript::recover;
 use rollscript::run::{self, ApiFormat, Outcome, RunOptions};
 use rollscript::ui;
@@ -88,14 +88,19 @@ fn main() -> ExitCode {
             }
         },
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "rollscript",
-                &mut std::io::stdout(),
-            );
+            cli::print_completions(shell);
             Outcome::Success
         }
+        Command::Man { dir } => match cli::write_man_pages(&dir) {
+            Ok(files) => {
+                files.iter().for_each(|f| println!("{}", f.display()));
+                Outcome::Success
+            }
+            Err(e) => {
+                eprintln!("error: cannot write into {}: {e}", dir.display());
+                Outcome::Invalid
+            }
+        },
     };
     // Don't wait for stray blocking tasks (a script thread stuck in a wait
     // after the outcome is decided).

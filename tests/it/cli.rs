@@ -272,6 +272,7 @@ fn completions_and_help_with_examples() {
         "unlock",
         "runs",
         "completions",
+        "man",
     ] {
         let out = rollscript().args([sub, "--help"]).output().unwrap();
         assert!(
