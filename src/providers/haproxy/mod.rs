@@ -415,62 +415,88 @@ impl LoadBalancer for HaproxyLb {
                 format!("no instance has pool = {pool:?}"),
             ));
         }
-        let mut rows: BTreeMap<&str, Vec<ServerStat>> = BTreeMap::new();
-        let mut resolve = Vec::new();
-        let mut missing = Vec::new();
-        for (inst, up) in target
-            .iter()
-            .map(|i| (*i, true))
-            .chain(others.iter().map(|i| (*i, false)))
-        {
-            let backend = self.backend_of(inst);
-            if !rows.contains_key(backend) {
-                rows.insert(backend, self.servers(backend).await?);
-            }
-            match self.find(inst, &rows[backend]).await {
-                Some(row) => resolve.push((row.clone(), up)),
-                None => missing.push(self.missing(inst, backend, &rows[backend])),
-            }
-        }
-        if !missing.is_empty() {
-            return Err(ActionError::new(
-                ErrorKind::Lb,
-                format!(
-                    "cannot switch to pool {pool}: {}; nothing was changed",
-                    missing.join("; ")
-                ),
-            ));
-        }
-        // Draining the serving pool for a pool HAProxy already knows is dead
-        // would take the site down; servers in maint have no known health yet.
-        let incoming: Vec<&ServerStat> = resolve
-            .iter()
-            .filter(|(_, up)| *up)
-            .map(|(r, _)| r)
-            .collect();
-        if incoming.iter().all(|r| {
-            Status::of(&r.status) == Status::Down || Status::of(&r.status) == Status::Rising
-        }) {
-            let why: Vec<String> = incoming
+        // HAProxy's own checks decide when the pool may take traffic: wait
+        // (≤ lb.register_timeout) until every incoming server it checks is
+        // UP — a pool just deployed is DOWN until `rise` checks passed.
+        // Servers in maint are not checked: their health is known only after
+        // `ready`.
+        let started = Instant::now();
+        let deadline = started + self.inv.lb.register_timeout;
+        let mut poll = self.poll();
+        let resolve = loop {
+            let mut rows: BTreeMap<&str, Vec<ServerStat>> = BTreeMap::new();
+            let mut resolve = Vec::new();
+            let mut missing = Vec::new();
+            for (inst, up) in target
                 .iter()
-                .map(|r| {
+                .map(|i| (*i, true))
+                .chain(others.iter().map(|i| (*i, false)))
+            {
+                let backend = self.backend_of(inst);
+                if !rows.contains_key(backend) {
+                    rows.insert(backend, self.servers(backend).await?);
+                }
+                match self.find(inst, &rows[backend]).await {
+                    Some(row) => resolve.push((row.clone(), up)),
+                    None => missing.push(self.missing(inst, backend, &rows[backend])),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(ActionError::new(
+                    ErrorKind::Lb,
                     format!(
-                        "{}/{} {} ({})",
-                        r.backend,
-                        r.server,
-                        r.status,
-                        r.check_text()
-                    )
+                        "cannot switch to pool {pool}: {}; nothing was changed",
+                        missing.join("; ")
+                    ),
+                ));
+            }
+            let not_up: Vec<&ServerStat> = resolve
+                .iter()
+                .filter(|(r, up)| {
+                    *up && matches!(Status::of(&r.status), Status::Down | Status::Rising)
                 })
+                .map(|(r, _)| r)
                 .collect();
-            return Err(ActionError::new(
-                ErrorKind::HealthFailed,
-                format!(
-                    "refusing to switch to pool {pool}: HAProxy's health checks report none of its servers up: {}; nothing was changed",
+            if not_up.is_empty() {
+                break resolve;
+            }
+            let incoming = resolve.iter().filter(|(_, up)| *up).count();
+            let now = Instant::now();
+            if now >= deadline {
+                let why: Vec<String> = not_up
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}/{} {} ({})",
+                            r.backend,
+                            r.server,
+                            r.status,
+                            r.check_text()
+                        )
+                    })
+                    .collect();
+                // Draining the serving pool for a pool HAProxy knows is dead
+                // would take the site down.
+                if not_up.len() == incoming {
+                    return Err(ActionError::new(
+                        ErrorKind::HealthFailed,
+                        format!(
+                            "refusing to switch to pool {pool}: after {} HAProxy's health checks report none of its servers up: {}; nothing was changed",
+                            format_duration(started.elapsed()),
+                            why.join(", ")
+                        ),
+                    ));
+                }
+                tracing::warn!(
+                    "switching to pool {pool} with {} of its {incoming} servers not up after {}: {}",
+                    not_up.len(),
+                    format_duration(started.elapsed()),
                     why.join(", ")
-                ),
-            ));
-        }
+                );
+                break resolve;
+            }
+            poll.pause(now, deadline).await;
+        };
         let mut cmds = Vec::new();
         for (row, up) in resolve
             .iter()
