@@ -32,19 +32,19 @@ const REGION: &str = "us-east-1";
 const DEREGISTRATION_DELAY: u64 = 3;
 
 /// moto with a VPC, two subnets, a target group behind an ALB listener.
-struct Cloud {
-    moto: Moto,
+pub(crate) struct Cloud {
+    pub(crate) moto: Moto,
     sdk: SdkConfig,
     ec2: ec2::Client,
     elb: elb::Client,
     vpc: String,
-    subnet: String,
+    pub(crate) subnet: String,
     tg: String,
     listener: String,
 }
 
 impl Cloud {
-    async fn start() -> Cloud {
+    pub(crate) async fn start() -> Cloud {
         let moto = Moto::start();
         // Explicit region and credentials: nothing reads a profile or probes
         // instance metadata.
@@ -166,7 +166,7 @@ impl Cloud {
     }
 
     /// A running EC2 instance with this private IP (and `Name` tag); its id.
-    async fn instance(&self, subnet: &str, ip: &str, name: Option<&str>) -> String {
+    pub(crate) async fn instance(&self, subnet: &str, ip: &str, name: Option<&str>) -> String {
         let mut run = self
             .ec2
             .run_instances()
@@ -190,7 +190,7 @@ impl Cloud {
     }
 
     /// What DescribeTargetHealth lists for the target group: (id, port, state), sorted.
-    async fn targets(&self) -> Vec<(String, i32, String)> {
+    pub(crate) async fn targets(&self) -> Vec<(String, i32, String)> {
         let out = self
             .elb
             .describe_target_health()
@@ -243,7 +243,7 @@ impl Cloud {
     }
 
     /// The inventory text for this cloud: `lb` extras and `[[instances]]`.
-    fn inventory_text(&self, lb_extra: &str, instances: &str) -> String {
+    pub(crate) fn inventory_text(&self, lb_extra: &str, instances: &str) -> String {
         format!(
             r#"[app]
 name = "credit_radar"
@@ -273,7 +273,7 @@ min_in_service = 1
         )
     }
 
-    fn inventory(&self, lb_extra: &str, instances: &str) -> Arc<Inventory> {
+    pub(crate) fn inventory(&self, lb_extra: &str, instances: &str) -> Arc<Inventory> {
         let text = self.inventory_text(lb_extra, instances);
         Arc::new(
             Inventory::parse(Path::new("rollscript.toml"), &text)
@@ -281,7 +281,7 @@ min_in_service = 1
         )
     }
 
-    fn lb(&self, inv: &Arc<Inventory>) -> ElbV2 {
+    pub(crate) fn lb(&self, inv: &Arc<Inventory>) -> ElbV2 {
         ElbV2::with_sdk_config(inv.clone(), self.sdk.clone())
     }
 }
@@ -294,7 +294,7 @@ fn instance(inv: &Inventory, name: &str) -> Instance {
     inv.instance(name).unwrap().clone()
 }
 
-fn instances_toml(rows: &[(&str, &str, Option<&str>)]) -> String {
+pub(crate) fn instances_toml(rows: &[(&str, &str, Option<&str>)]) -> String {
     rows.iter()
         .map(|(name, host, id)| {
             let id = id.map(|i| format!("id = \"{i}\"\n")).unwrap_or_default();
@@ -701,9 +701,6 @@ fn the_cli_cycles_every_instance_through_elbv2_and_leaves_all_healthy() {
         ]),
     );
     std::fs::write(dir.path().join("rollscript.toml"), inv).unwrap();
-    // Empty AWS config files: nothing from this machine's ~/.aws leaks in.
-    std::fs::write(dir.path().join("aws-config"), "").unwrap();
-    std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
     std::fs::write(
         dir.path().join("cycle.rhai"),
         r#"
@@ -718,21 +715,8 @@ for inst in instances() {
     )
     .unwrap();
 
-    let out = rollscript()
-        .current_dir(dir.path())
+    let out = rollscript_against_moto(dir.path())
         .args(["run", "cycle.rhai", "-i", "rollscript.toml", "--yes"])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", REGION)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", dir.path().join("aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.path().join("aws-credentials"),
-        )
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT_URL")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -757,4 +741,23 @@ for inst in instances() {
     ];
     expected.sort();
     assert_eq!(rt.block_on(cloud.targets()), expected);
+}
+
+/// The rollscript binary in `dir` with test credentials for moto and empty
+/// AWS config files there: nothing from this machine's ~/.aws leaks in.
+pub(crate) fn rollscript_against_moto(dir: &Path) -> std::process::Command {
+    std::fs::write(dir.join("aws-config"), "").unwrap();
+    std::fs::write(dir.join("aws-credentials"), "").unwrap();
+    let mut c = rollscript();
+    c.current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL");
+    c
 }

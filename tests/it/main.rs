@@ -12,5 +12,6 @@ mod faults;
 mod haproxy;
 mod health;
 mod nginx;
+mod safety;
 mod ssh;
 mod strategies;

@@ -16,10 +16,11 @@
 //! another fleet's deploy.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::harness::fleet::{Finished, Fleet, FleetSpec, LbKind, Load, LoadReport, Running};
+use crate::harness::one_fleet_at_a_time;
 use crate::harness::postgres::Postgres;
 
 /// Requests per second through the LB.
@@ -30,12 +31,9 @@ const MAX_LOAD: Duration = Duration::from_secs(240);
 const LEAD: Duration = Duration::from_millis(800);
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
-static FLEETS: Mutex<()> = Mutex::new(());
-
-/// Holds the fleet lock: one fleet at a time (a failed test poisons the
-/// mutex; the next one runs anyway).
+/// One fleet at a time, shared with the other end-to-end fleet tests.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
-    FLEETS.lock().unwrap_or_else(|p| p.into_inner())
+    one_fleet_at_a_time()
 }
 
 fn script(name: &str) -> String {

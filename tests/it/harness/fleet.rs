@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::sampler::{LbSampler, LbSource};
 use super::sshd::{toml_str, SshFleet};
 use super::{find_program, free_port, repo, rollscript, Proc};
 
@@ -64,6 +65,8 @@ pub struct FleetSpec {
     /// (it receives app.py's arguments; `REAL_APP` in it is replaced by the
     /// path of the copied app.py).
     pub app_variant: Option<String>,
+    /// The path of HAProxy's own health check (`option httpchk GET …`).
+    pub haproxy_check: String,
 }
 
 impl FleetSpec {
@@ -74,6 +77,7 @@ impl FleetSpec {
             pools: vec![None; n],
             idle_pool: None,
             app_variant: None,
+            haproxy_check: "/health".into(),
         }
     }
 
@@ -87,11 +91,18 @@ impl FleetSpec {
             pools,
             idle_pool: Some("green".into()),
             app_variant: None,
+            haproxy_check: "/health".into(),
         }
     }
 
     pub fn app_variant(mut self, python: &str) -> Self {
         self.app_variant = Some(python.to_string());
+        self
+    }
+
+    /// HAProxy checks the servers on `path` instead of `/health`.
+    pub fn haproxy_check(mut self, path: &str) -> Self {
+        self.haproxy_check = path.to_string();
         self
     }
 
@@ -233,7 +244,11 @@ impl Fleet {
             .map(|i| (i.name.clone(), i.addr(), idle(i)))
             .collect();
         fleet.lb = match fleet.spec.lb {
-            LbKind::Haproxy => Lb::Haproxy(FleetHaproxy::start(&lb_dir, &servers)),
+            LbKind::Haproxy => Lb::Haproxy(FleetHaproxy::start(
+                &lb_dir,
+                &servers,
+                &fleet.spec.haproxy_check,
+            )),
             LbKind::Nginx => Lb::Nginx(FleetNginx::start(&lb_dir, &servers)),
         };
         fleet
@@ -378,6 +393,50 @@ impl Fleet {
         }
     }
 
+    /// Where an [`LbSampler`] reads this fleet's LB.
+    pub fn lb_source(&self) -> LbSource {
+        match &self.lb {
+            Lb::Haproxy(h) => LbSource::Haproxy {
+                socket: h.socket.clone(),
+                backend: h.backend.clone(),
+            },
+            Lb::Nginx(n) => LbSource::Nginx {
+                upstream_file: n.upstream_file.clone(),
+            },
+        }
+    }
+
+    /// Starts sampling the LB every 10 ms (until the sampler is stopped).
+    pub fn sampler(&self) -> LbSampler {
+        LbSampler::start(self.lb_source())
+    }
+
+    /// Stops `name`'s app (SIGTERM, by the PID in its app.pid) and waits
+    /// until it is gone: the instance stays in rotation, its health fails.
+    pub fn stop_app(&self, name: &str) {
+        let pid = self
+            .app_pid(name)
+            .unwrap_or_else(|| panic!("{name} has no app running"));
+        stop_pids(&[pid], Duration::from_secs(5));
+        wait_until(&format!("{name}'s app to exit"), START_TIMEOUT, || {
+            !alive(pid)
+        });
+    }
+
+    /// The run journals beside `inventory` (`.rollscript/runs/*.jsonl`), oldest first.
+    pub fn journals(inventory: &Path) -> Vec<PathBuf> {
+        let dir = inventory
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".rollscript/runs");
+        let mut v: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|x| x == "jsonl"));
+        v.sort();
+        v
+    }
+
     /// The PID in `name`'s app.pid (the running app process).
     pub fn app_pid(&self, name: &str) -> Option<u32> {
         fs::read_to_string(self.instance(name).dir.join("app.pid"))
@@ -420,6 +479,8 @@ impl Fleet {
                 toml_str(&self.ssh.ssh_config.display().to_string()),
             ),
             instances: self.instances.clone(),
+            overrides: Vec::new(),
+            instance_overrides: Vec::new(),
         }
     }
 
@@ -515,6 +576,10 @@ pub struct FleetInventory {
     pool_key: String,
     ssh: String,
     instances: Vec<AppInstance>,
+    /// `(section, key, TOML value)` set over what the fleet would write.
+    overrides: Vec<(String, String, String)>,
+    /// `(instance, key, TOML value)` set over its `[[instances]]` entry.
+    instance_overrides: Vec<(String, String, String)>,
 }
 
 impl FleetInventory {
@@ -542,6 +607,27 @@ impl FleetInventory {
         self
     }
 
+    /// `app.rollback` (default: the fleet's bin/rollback.sh).
+    pub fn rollback(mut self, cmd: &str) -> Self {
+        self.rollback = cmd.to_string();
+        self
+    }
+
+    /// Sets `key = value` (`value` is TOML: `"\"x\""`, `"3"`) in `[section]`
+    /// (`app`, `ssh`, `lb`), replacing what the fleet would write there.
+    pub fn set(mut self, section: &str, key: &str, value: &str) -> Self {
+        self.overrides
+            .push((section.to_string(), key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets `key = value` (TOML) in instance `name`'s `[[instances]]` entry.
+    pub fn set_instance(mut self, name: &str, key: &str, value: &str) -> Self {
+        self.instance_overrides
+            .push((name.to_string(), key.to_string(), value.to_string()));
+        self
+    }
+
     /// Only these instances.
     pub fn only(mut self, names: &[&str]) -> Self {
         self.only = Some(names.iter().map(|s| s.to_string()).collect());
@@ -555,30 +641,55 @@ impl FleetInventory {
             .collect()
     }
 
+    /// The keys of `[section]`: `body` (`key = value` lines) with this
+    /// inventory's overrides for that section applied.
+    fn section(&self, section: &str, body: &str) -> String {
+        let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
+        for (sec, key, value) in &self.overrides {
+            if sec != section {
+                continue;
+            }
+            let line = format!("{key} = {value}");
+            let prefix = format!("{key} =");
+            match lines.iter_mut().find(|l| l.starts_with(&prefix)) {
+                Some(l) => *l = line,
+                None => lines.push(line),
+            }
+        }
+        let mut out = lines.join("\n");
+        out.push('\n');
+        out
+    }
+
     pub fn text(&self) -> String {
         let selected = self.selected();
-        let mut t = format!(
-            "# Written by tests/it/harness/fleet.rs\n[app]\nname = \"fleet\"\ndeploy = {}\nrollback = {}\n",
+        let mut app = format!(
+            "name = \"fleet\"\ndeploy = {}\nrollback = {}\n",
             toml_str(&self.deploy),
             toml_str(&self.rollback)
         );
         if let Some(m) = &self.migrate {
-            t.push_str(&format!(
+            app.push_str(&format!(
                 "migrate = {}\nmigrate_timeout = \"60s\"\n",
                 toml_str(m)
             ));
         }
-        t.push_str(&format!("\n[ssh]\n{}\n", self.ssh));
+        let mut t = format!(
+            "# Written by tests/it/harness/fleet.rs\n[app]\n{}",
+            self.section("app", &app)
+        );
+        t.push_str(&format!("\n[ssh]\n{}\n", self.section("ssh", &self.ssh)));
         t.push_str(
             "[health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nretries = 30\nhealthy_threshold = 2\n\n",
         );
         let min = self
             .min_in_service
             .unwrap_or_else(|| selected.len().saturating_sub(1).max(1));
-        t.push_str(&format!(
-            "[lb]\n{}drain_timeout = \"30s\"\nregister_timeout = \"30s\"\nmin_in_service = {min}\n\n",
+        let lb = format!(
+            "{}drain_timeout = \"30s\"\nregister_timeout = \"30s\"\nmin_in_service = {min}\n",
             self.lb
-        ));
+        );
+        t.push_str(&format!("[lb]\n{}\n", self.section("lb", &lb)));
         let mut pools: Vec<&str> = selected.iter().filter_map(|i| i.pool.as_deref()).collect();
         pools.sort_unstable();
         pools.dedup();
@@ -589,12 +700,27 @@ impl FleetInventory {
             t.push_str(&format!("[database]\nurl = {}\n\n", toml_str(url)));
         }
         for i in selected {
-            t.push_str(&format!(
-                "[[instances]]\nname = \"{}\"\nhost = \"{}\"\nssh_port = {}\nport = {}\n",
-                i.name, i.ip, i.ssh_port, i.port
-            ));
+            let mut entry = vec![
+                ("name".to_string(), format!("\"{}\"", i.name)),
+                ("host".to_string(), format!("\"{}\"", i.ip)),
+                ("ssh_port".to_string(), i.ssh_port.to_string()),
+                ("port".to_string(), i.port.to_string()),
+            ];
             if let Some(p) = &i.pool {
-                t.push_str(&format!("pool = \"{p}\"\n"));
+                entry.push(("pool".to_string(), format!("\"{p}\"")));
+            }
+            for (name, key, value) in &self.instance_overrides {
+                if *name != i.name {
+                    continue;
+                }
+                match entry.iter_mut().find(|(k, _)| k == key) {
+                    Some(kv) => kv.1 = value.clone(),
+                    None => entry.push((key.clone(), value.clone())),
+                }
+            }
+            t.push_str("[[instances]]\n");
+            for (k, v) in entry {
+                t.push_str(&format!("{k} = {v}\n"));
             }
             t.push('\n');
         }
@@ -620,6 +746,8 @@ const HAPROXY_BACKEND: &str = "web";
 pub struct FleetHaproxy {
     pub port: u16,
     pub socket: PathBuf,
+    /// The same runtime API on TCP, `127.0.0.1:PORT` (admin level).
+    pub api_addr: String,
     pub backend: String,
     pub log: PathBuf,
     proc: Option<Proc>,
@@ -630,14 +758,16 @@ impl FleetHaproxy {
         Self {
             port: 0,
             socket: PathBuf::new(),
+            api_addr: String::new(),
             backend: String::new(),
             log: PathBuf::new(),
             proc: None,
         }
     }
 
-    /// `servers`: (name, ip:port, starts in maintenance).
-    fn start(dir: &Path, servers: &[(String, String, bool)]) -> Self {
+    /// `servers`: (name, ip:port, starts in maintenance); HAProxy checks
+    /// them with `GET check_path`.
+    fn start(dir: &Path, servers: &[(String, String, bool)], check_path: &str) -> Self {
         let haproxy = find_program("haproxy").expect("haproxy is installed (tools/setup)");
         let socket = dir.join("admin.sock");
         let log = dir.join("haproxy.log");
@@ -645,11 +775,13 @@ impl FleetHaproxy {
         // binds it: HAProxy then exits, and we try another.
         for _ in 0..5 {
             let port = free_port("127.0.0.1");
+            let api_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
             let mut cfg = format!(
                 "# retries 0, no `option redispatch`, no connection reuse: a request\n\
                  # sent to an instance going away fails visibly instead of being retried.\n\
                  global\n\
                  \x20   stats socket {sock} mode 600 level admin\n\
+                 \x20   stats socket ipv4@{api_addr} level admin\n\
                  \x20   maxconn 2000\n\
                  \x20   log stdout format short local0 info\n\
                  defaults\n\
@@ -667,7 +799,7 @@ impl FleetHaproxy {
                  \x20   balance roundrobin\n\
                  \x20   retries 0\n\
                  \x20   http-reuse never\n\
-                 \x20   option httpchk GET /health\n\
+                 \x20   option httpchk GET {check_path}\n\
                  \x20   default-server check inter 100ms fastinter 100ms downinter 100ms fall 2 rise 2\n",
                 sock = socket.display(),
             );
@@ -695,6 +827,7 @@ impl FleetHaproxy {
             let mut h = Self {
                 port,
                 socket: socket.clone(),
+                api_addr,
                 backend: HAPROXY_BACKEND.to_string(),
                 log: log.clone(),
                 proc: None,
@@ -790,6 +923,15 @@ impl FleetHaproxy {
 
     pub fn status(&self, server: &str) -> String {
         self.stat(server, "status")
+    }
+
+    /// Waits until `server`'s status is `want`.
+    pub fn wait_status(&self, server: &str, want: &str, timeout: Duration) {
+        wait_until(
+            &format!("haproxy server {server} to be {want}"),
+            timeout,
+            || self.status(server) == want,
+        );
     }
 
     /// A numeric `show stat` field.
@@ -926,6 +1068,27 @@ impl FleetNginx {
 
     pub fn error_log(&self) -> String {
         fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Marks the server at `addr` down in the upstream file, as an operator
+    /// would, and reloads nginx (test, then reload).
+    pub fn mark_down(&self, addr: &str) {
+        let text = self.upstream();
+        let line = format!("server {addr};");
+        assert!(text.contains(&line), "no {line} in:\n{text}");
+        fs::write(
+            &self.upstream_file,
+            text.replace(&line, &format!("server {addr} down;")),
+        )
+        .unwrap();
+        for cmd in [&self.test_command, &self.reload_command] {
+            let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 

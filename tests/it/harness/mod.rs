@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod apiproxy;
 pub mod backend;
 pub mod faultfleet;
 pub mod fleet;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod moto;
 pub mod nginx;
 pub mod postgres;
+pub mod sampler;
 pub mod sshd;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -130,6 +132,15 @@ pub fn rollscript() -> Command {
 /// nginx weight tests).
 pub const SHIFT_WEB_1: &str =
     "let got = shift_traffic([instances()[0]], \"20%\");\ninfo(`web-1 takes ${got}`);\n";
+
+/// Holds the fleet lock: the end-to-end fleets (strategies, safety) run one
+/// at a time, so a timing-sensitive check is not starved by another fleet's
+/// deploy on a 2-core machine. A failed test poisons the mutex; the next one
+/// runs anyway.
+pub fn one_fleet_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FLEETS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FLEETS.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The repository root (for scripts/, examples/).
 pub fn repo() -> PathBuf {
