@@ -11,9 +11,10 @@ use rollscript::config::Inventory;
 use rollscript::primitives::{ErrorKind, LbOp, LoadBalancer, MemberState};
 use rollscript::providers::haproxy::HaproxyLb;
 
-use crate::harness::backend::{get, wait_until, Backend};
+use crate::harness::backend::Backend;
 use crate::harness::haproxy::Haproxy;
-use crate::harness::{rollscript, Proc, SHIFT_WEB_1};
+use crate::harness::http::get;
+use crate::harness::{rollscript, wait_until, Proc, SHIFT_WEB_1};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -45,7 +46,7 @@ impl Fleet {
             .collect();
         let haproxy = Haproxy::start("credit_radar", &servers);
         let inv = Arc::new(inventory(
-            haproxy.dir.path(),
+            haproxy.dir(),
             &haproxy.socket.display().to_string(),
             &backends,
             extra_toml,
@@ -408,7 +409,7 @@ async fn servers_named_differently_are_found_by_address() {
 async fn the_runtime_api_also_answers_on_tcp() {
     let fleet = Fleet::start(1);
     let inv = Arc::new(inventory(
-        fleet.haproxy.dir.path(),
+        fleet.haproxy.dir(),
         &fleet.haproxy.api_addr,
         &fleet.backends,
         "",
@@ -513,7 +514,7 @@ const CYCLE_EVERY_INSTANCE: &str = "for inst in instances() {\n    deregister(in
 #[test]
 fn the_cli_cycles_every_instance_through_haproxy_and_plan_touches_nothing() {
     let fleet = Fleet::start(3);
-    let dir = fleet.haproxy.dir.path();
+    let dir = fleet.haproxy.dir();
     std::fs::write(dir.join("cycle.rhai"), CYCLE_EVERY_INSTANCE).unwrap();
 
     // Plan first, with web-3 in maint: a run would make it ready, a plan must not.
@@ -595,7 +596,7 @@ fn the_cli_cycles_every_instance_through_haproxy_and_plan_touches_nothing() {
 #[test]
 fn shift_traffic_weighs_the_canary_and_a_failed_run_puts_the_weights_back() {
     let fleet = Fleet::start(3);
-    let dir = fleet.haproxy.dir.path();
+    let dir = fleet.haproxy.dir();
     let weights = || -> Vec<String> {
         ["web-1", "web-2", "web-3"]
             .iter()
@@ -648,7 +649,7 @@ fn shift_traffic_weighs_the_canary_and_a_failed_run_puts_the_weights_back() {
 #[test]
 fn recover_after_a_kill_puts_shifted_weights_back_as_configured() {
     let fleet = Fleet::start(3);
-    let dir = fleet.haproxy.dir.path();
+    let dir = fleet.haproxy.dir();
     let weights = || -> Vec<String> {
         ["web-1", "web-2", "web-3"]
             .iter()

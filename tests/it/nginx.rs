@@ -12,9 +12,10 @@ use rollscript::primitives::{ErrorKind, LbOp, LoadBalancer, MemberState, Transpo
 use rollscript::providers::local::LocalTransport;
 use rollscript::providers::nginx::NginxLb;
 
-use crate::harness::backend::{get, wait_until, Backend};
+use crate::harness::backend::Backend;
+use crate::harness::http::get;
 use crate::harness::nginx::Nginx;
-use crate::harness::{rollscript, SHIFT_WEB_1};
+use crate::harness::{rollscript, wait_until, SHIFT_WEB_1};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -101,7 +102,7 @@ fn inventory(nginx: &Nginx, backends: &[Backend], extra_lb_toml: &str) -> Invent
         }
         text.push('\n');
     }
-    let path = nginx.dir.path().join("rollscript.toml");
+    let path = nginx.dir().join("rollscript.toml");
     std::fs::write(&path, text).unwrap();
     Inventory::load(&path).unwrap()
 }
@@ -472,7 +473,7 @@ const CYCLE_EVERY_INSTANCE: &str = "for inst in instances() {\n    deregister(in
 #[test]
 fn the_cli_cycles_every_instance_through_nginx_and_plan_touches_nothing() {
     let fleet = Fleet::start(3);
-    let dir = fleet.nginx.dir.path();
+    let dir = fleet.nginx.dir();
     std::fs::write(dir.join("cycle.rhai"), CYCLE_EVERY_INSTANCE).unwrap();
     let file_before = fleet.nginx.upstream();
     let reloads = fleet.reloads();
@@ -534,7 +535,7 @@ fn the_cli_cycles_every_instance_through_nginx_and_plan_touches_nothing() {
 #[test]
 fn shift_traffic_rewrites_the_weights_in_one_reload_and_a_failed_run_puts_them_back() {
     let fleet = Fleet::start(3);
-    let dir = fleet.nginx.dir.path();
+    let dir = fleet.nginx.dir();
     let file_before = fleet.nginx.upstream();
     std::fs::write(dir.join("shift.rhai"), SHIFT_WEB_1).unwrap();
     std::fs::write(
