@@ -1,6 +1,7 @@
-//! The ELBv2 provider against moto on loopback: membership, drains, health
-//! waits, IP → instance id resolution, discovery, listener weights and error
-//! rendering, through the Rust API and end to end through the CLI.
+//! The ELBv2 provider against moto on loopback: the load balancer contract
+//! (`lb_contract.rs`), membership, drains, health waits, IP → instance id
+//! resolution, discovery, listener weights and error rendering, through the
+//! Rust API and end to end through the CLI.
 //!
 //! Every address stored in the emulator is a 127.x value that nothing dials.
 //! moto is patched (`harness/moto_server.py`) to report `initial` for a
@@ -10,6 +11,7 @@
 //! with a scripted target in `src/providers/aws.rs`.
 #![cfg(feature = "aws")]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,87 @@ use aws_sdk_elasticloadbalancingv2 as elb;
 use elb::types::{ActionTypeEnum, TargetDescription};
 use rollscript::config::{Instance, Inventory};
 use rollscript::primitives::{ErrorKind, LoadBalancer, MemberState};
+use rollscript::providers::aws::ElbV2;
 
 use crate::harness::cloud::{instances_toml, rollscript_against_moto, Cloud};
+use crate::lb_contract::{self, Subject};
 
 fn instance(inv: &Inventory, name: &str) -> Instance {
     inv.instance(name).unwrap().clone()
+}
+
+/// Three targets registered and healthy in moto's target group, and a
+/// `ghost` in the inventory at an address no EC2 instance has.
+struct Elb {
+    cloud: Cloud,
+    inv: Arc<Inventory>,
+    lb: ElbV2,
+    /// Instance name → EC2 instance id.
+    ids: BTreeMap<String, String>,
+}
+
+impl Elb {
+    async fn start() -> Elb {
+        let cloud = Cloud::start().await;
+        let mut ids = BTreeMap::new();
+        for (name, ip) in [
+            ("web-1", "127.10.1.10"),
+            ("web-2", "127.10.1.11"),
+            ("web-3", "127.10.1.12"),
+        ] {
+            let id = cloud.instance(&cloud.subnet, ip, Some(name)).await;
+            ids.insert(name.to_string(), id);
+        }
+        cloud
+            .register_healthy(&ids.values().cloned().collect::<Vec<_>>())
+            .await;
+        let inv = cloud.inventory(
+            "",
+            &instances_toml(&[
+                ("web-1", "127.10.1.10", Some(&ids["web-1"])),
+                ("web-2", "127.10.1.11", Some(&ids["web-2"])),
+                ("web-3", "127.10.1.12", Some(&ids["web-3"])),
+                ("ghost", "127.10.1.99", None),
+            ]),
+        );
+        let lb = cloud.lb(&inv);
+        Elb {
+            cloud,
+            inv,
+            lb,
+            ids,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Subject for Elb {
+    fn lb(&self) -> &dyn LoadBalancer {
+        &self.lb
+    }
+
+    fn inventory(&self) -> &Inventory {
+        &self.inv
+    }
+
+    fn stranger(&self) -> Instance {
+        instance(&self.inv, "ghost")
+    }
+
+    /// ELBv2 routes to `healthy` targets (and `initial` ones, after a register).
+    async fn in_rotation(&self, name: &str) -> bool {
+        let id = &self.ids[name];
+        self.cloud
+            .targets()
+            .await
+            .iter()
+            .any(|(t, _, state)| t == id && (state == "healthy" || state == "initial"))
+    }
+}
+
+#[tokio::test]
+async fn elbv2_keeps_the_load_balancer_contract() {
+    lb_contract::check(&Elb::start().await).await;
 }
 
 #[tokio::test]

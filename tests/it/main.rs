@@ -11,6 +11,7 @@ mod customising;
 mod faults;
 mod haproxy;
 mod health;
+mod lb_contract;
 mod nginx;
 mod safety;
 mod ssh;
