@@ -1,6 +1,7 @@
-//! The ELBv2 provider against moto on loopback: membership, drains, health
-//! waits, IP → instance id resolution, discovery, listener weights and error
-//! rendering, through the Rust API and end to end through the CLI.
+//! The ELBv2 provider against moto on loopback: the load balancer contract
+//! (`lb_contract.rs`), membership, drains, health waits, IP → instance id
+//! resolution, discovery, listener weights and error rendering, through the
+//! Rust API and end to end through the CLI.
 //!
 //! Every address stored in the emulator is a 127.x value that nothing dials.
 //! moto is patched (`harness/moto_server.py`) to report `initial` for a
@@ -10,297 +11,96 @@
 //! with a scripted target in `src/providers/aws.rs`.
 #![cfg(feature = "aws")]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ec2 as ec2;
 use aws_sdk_elasticloadbalancingv2 as elb;
-use elb::config::Credentials;
-use elb::types::{ActionTypeEnum, Tag, TargetDescription, TargetGroupAttribute};
+use elb::types::{ActionTypeEnum, TargetDescription};
 use rollscript::config::{Instance, Inventory};
 use rollscript::primitives::{ErrorKind, LoadBalancer, MemberState};
 use rollscript::providers::aws::ElbV2;
 
-use crate::harness::moto::Moto;
-use crate::harness::rollscript;
-
-const REGION: &str = "us-east-1";
-/// Short, so the emulated drain ends quickly; long enough that the state
-/// right after a deregister is certainly `draining`.
-const DEREGISTRATION_DELAY: u64 = 3;
-
-/// moto with a VPC, two subnets, a target group behind an ALB listener.
-pub(crate) struct Cloud {
-    pub(crate) moto: Moto,
-    sdk: SdkConfig,
-    ec2: ec2::Client,
-    elb: elb::Client,
-    vpc: String,
-    pub(crate) subnet: String,
-    tg: String,
-    listener: String,
-}
-
-impl Cloud {
-    pub(crate) async fn start() -> Cloud {
-        let moto = Moto::start();
-        // Explicit region and credentials: nothing reads a profile or probes
-        // instance metadata.
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new(
-                "testing",
-                "testing",
-                None,
-                None,
-                "rollscript-tests",
-            ))
-            .endpoint_url(moto.endpoint())
-            .load()
-            .await;
-        let ec2 = ec2::Client::new(&sdk);
-        let elb = elb::Client::new(&sdk);
-        let vpc = ec2
-            .create_vpc()
-            .cidr_block("127.10.0.0/16")
-            .send()
-            .await
-            .unwrap()
-            .vpc()
-            .unwrap()
-            .vpc_id()
-            .unwrap()
-            .to_string();
-        let mut subnets = Vec::new();
-        for (cidr, az) in [
-            ("127.10.1.0/24", "us-east-1a"),
-            ("127.10.2.0/24", "us-east-1b"),
-        ] {
-            let s = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(cidr)
-                .availability_zone(az)
-                .send()
-                .await
-                .unwrap();
-            subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-        }
-        let mut cloud = Cloud {
-            moto,
-            sdk,
-            ec2,
-            elb,
-            vpc,
-            subnet: subnets[0].clone(),
-            tg: String::new(),
-            listener: String::new(),
-        };
-        cloud.tg = cloud.target_group("credit-radar-tg").await;
-        let alb = cloud
-            .elb
-            .create_load_balancer()
-            .name("credit-radar")
-            .set_subnets(Some(subnets))
-            .send()
-            .await
-            .unwrap()
-            .load_balancers()[0]
-            .load_balancer_arn()
-            .unwrap()
-            .to_string();
-        cloud.listener = cloud
-            .elb
-            .create_listener()
-            .load_balancer_arn(alb)
-            .protocol(elb::types::ProtocolEnum::Http)
-            .port(80)
-            .default_actions(
-                elb::types::Action::builder()
-                    .r#type(ActionTypeEnum::Forward)
-                    .target_group_arn(&cloud.tg)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .listeners()[0]
-            .listener_arn()
-            .unwrap()
-            .to_string();
-        cloud
-    }
-
-    /// An instance-type target group on port 4000 with a short deregistration delay.
-    async fn target_group(&self, name: &str) -> String {
-        let arn = self
-            .elb
-            .create_target_group()
-            .name(name)
-            .protocol(elb::types::ProtocolEnum::Http)
-            .port(4000)
-            .vpc_id(&self.vpc)
-            .target_type(elb::types::TargetTypeEnum::Instance)
-            .send()
-            .await
-            .unwrap()
-            .target_groups()[0]
-            .target_group_arn()
-            .unwrap()
-            .to_string();
-        self.elb
-            .modify_target_group_attributes()
-            .target_group_arn(&arn)
-            .attributes(
-                TargetGroupAttribute::builder()
-                    .key("deregistration_delay.timeout_seconds")
-                    .value(DEREGISTRATION_DELAY.to_string())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        arn
-    }
-
-    /// A running EC2 instance with this private IP (and `Name` tag); its id.
-    pub(crate) async fn instance(&self, subnet: &str, ip: &str, name: Option<&str>) -> String {
-        let mut run = self
-            .ec2
-            .run_instances()
-            .image_id("ami-12345678")
-            .min_count(1)
-            .max_count(1)
-            .subnet_id(subnet)
-            .private_ip_address(ip);
-        if let Some(name) = name {
-            run = run.tag_specifications(
-                ec2::types::TagSpecification::builder()
-                    .resource_type(ec2::types::ResourceType::Instance)
-                    .tags(ec2::types::Tag::builder().key("Name").value(name).build())
-                    .build(),
-            );
-        }
-        run.send().await.unwrap().instances()[0]
-            .instance_id()
-            .unwrap()
-            .to_string()
-    }
-
-    /// What DescribeTargetHealth lists for the target group: (id, port, state), sorted.
-    pub(crate) async fn targets(&self) -> Vec<(String, i32, String)> {
-        let out = self
-            .elb
-            .describe_target_health()
-            .target_group_arn(&self.tg)
-            .send()
-            .await
-            .unwrap();
-        let mut rows: Vec<(String, i32, String)> = out
-            .target_health_descriptions()
-            .iter()
-            .map(|d| {
-                let t = d.target().unwrap();
-                (
-                    t.id().unwrap().to_string(),
-                    t.port().unwrap(),
-                    d.target_health()
-                        .and_then(|h| h.state())
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        rows.sort();
-        rows
-    }
-
-    /// Forces what the emulator reports for `id` once `initial` is over.
-    async fn force_health(&self, id: &str, state: &str, reason: &str, description: &str) {
-        self.elb
-            .add_tags()
-            .resource_arns(&self.tg)
-            .tags(tag(&format!("rollscript:health:{id}"), state))
-            .tags(tag(&format!("rollscript:reason:{id}"), reason))
-            .tags(tag(&format!("rollscript:description:{id}"), description))
-            .send()
-            .await
-            .unwrap();
-    }
-
-    async fn unforce_health(&self, id: &str) {
-        self.elb
-            .remove_tags()
-            .resource_arns(&self.tg)
-            .tag_keys(format!("rollscript:health:{id}"))
-            .tag_keys(format!("rollscript:reason:{id}"))
-            .tag_keys(format!("rollscript:description:{id}"))
-            .send()
-            .await
-            .unwrap();
-    }
-
-    /// The inventory text for this cloud: `lb` extras and `[[instances]]`.
-    pub(crate) fn inventory_text(&self, lb_extra: &str, instances: &str) -> String {
-        format!(
-            r#"[app]
-name = "credit_radar"
-deploy = "true"
-
-[health]
-port = 4000
-interval = "1s"
-retries = 2
-
-[lb]
-kind = "aws"
-target_group_arn = "{tg}"
-listener_arn = "{listener}"
-endpoint = "{endpoint}"
-region = "{REGION}"
-poll_interval = "100ms"
-drain_timeout = "30s"
-register_timeout = "30s"
-min_in_service = 1
-{lb_extra}
-
-{instances}"#,
-            tg = self.tg,
-            listener = self.listener,
-            endpoint = self.moto.endpoint(),
-        )
-    }
-
-    pub(crate) fn inventory(&self, lb_extra: &str, instances: &str) -> Arc<Inventory> {
-        let text = self.inventory_text(lb_extra, instances);
-        Arc::new(
-            Inventory::parse(Path::new("rollscript.toml"), &text)
-                .unwrap_or_else(|e| panic!("{e}\n{text}")),
-        )
-    }
-
-    pub(crate) fn lb(&self, inv: &Arc<Inventory>) -> ElbV2 {
-        ElbV2::with_sdk_config(inv.clone(), self.sdk.clone())
-    }
-}
-
-fn tag(key: &str, value: &str) -> Tag {
-    Tag::builder().key(key).value(value).build()
-}
+use crate::harness::cloud::{instances_toml, rollscript_against_moto, Cloud};
+use crate::lb_contract::{self, Subject};
 
 fn instance(inv: &Inventory, name: &str) -> Instance {
     inv.instance(name).unwrap().clone()
 }
 
-pub(crate) fn instances_toml(rows: &[(&str, &str, Option<&str>)]) -> String {
-    rows.iter()
-        .map(|(name, host, id)| {
-            let id = id.map(|i| format!("id = \"{i}\"\n")).unwrap_or_default();
-            format!("[[instances]]\nname = \"{name}\"\nhost = \"{host}\"\n{id}\n")
-        })
-        .collect()
+/// Three targets registered and healthy in moto's target group, and a
+/// `ghost` in the inventory at an address no EC2 instance has.
+struct Elb {
+    cloud: Cloud,
+    inv: Arc<Inventory>,
+    lb: ElbV2,
+    /// Instance name → EC2 instance id.
+    ids: BTreeMap<String, String>,
+}
+
+impl Elb {
+    async fn start() -> Elb {
+        let cloud = Cloud::start().await;
+        let mut ids = BTreeMap::new();
+        for (name, ip) in [
+            ("web-1", "127.10.1.10"),
+            ("web-2", "127.10.1.11"),
+            ("web-3", "127.10.1.12"),
+        ] {
+            let id = cloud.instance(&cloud.subnet, ip, Some(name)).await;
+            ids.insert(name.to_string(), id);
+        }
+        cloud
+            .register_healthy(&ids.values().cloned().collect::<Vec<_>>())
+            .await;
+        let inv = cloud.inventory(
+            "",
+            &instances_toml(&[
+                ("web-1", "127.10.1.10", Some(&ids["web-1"])),
+                ("web-2", "127.10.1.11", Some(&ids["web-2"])),
+                ("web-3", "127.10.1.12", Some(&ids["web-3"])),
+                ("ghost", "127.10.1.99", None),
+            ]),
+        );
+        let lb = cloud.lb(&inv);
+        Elb {
+            cloud,
+            inv,
+            lb,
+            ids,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Subject for Elb {
+    fn lb(&self) -> &dyn LoadBalancer {
+        &self.lb
+    }
+
+    fn inventory(&self) -> &Inventory {
+        &self.inv
+    }
+
+    fn stranger(&self) -> Instance {
+        instance(&self.inv, "ghost")
+    }
+
+    /// ELBv2 routes to `healthy` targets (and `initial` ones, after a register).
+    async fn in_rotation(&self, name: &str) -> bool {
+        let id = &self.ids[name];
+        self.cloud
+            .targets()
+            .await
+            .iter()
+            .any(|(t, _, state)| t == id && (state == "healthy" || state == "initial"))
+    }
+}
+
+#[tokio::test]
+async fn elbv2_keeps_the_load_balancer_contract() {
+    lb_contract::check(&Elb::start().await).await;
 }
 
 #[tokio::test]
@@ -338,7 +138,7 @@ async fn deregister_drains_until_unused_and_register_waits_until_healthy() {
     let report = lb.wait_drained(&web1, timeout).await.unwrap();
     assert_eq!(
         report.configured_delay,
-        Some(Duration::from_secs(DEREGISTRATION_DELAY))
+        Some(Duration::from_secs(cloud.spec.deregistration_delay))
     );
     assert_eq!(report.connections_at_start, None);
     assert_eq!(lb.state(&web1).await.unwrap(), MemberState::OutOfService);
@@ -717,6 +517,7 @@ for inst in instances() {
 
     let out = rollscript_against_moto(dir.path())
         .args(["run", "cycle.rhai", "-i", "rollscript.toml", "--yes"])
+        .env("AWS_REGION", crate::harness::cloud::REGION)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -741,23 +542,4 @@ for inst in instances() {
     ];
     expected.sort();
     assert_eq!(rt.block_on(cloud.targets()), expected);
-}
-
-/// The rollscript binary in `dir` with test credentials for moto and empty
-/// AWS config files there: nothing from this machine's ~/.aws leaks in.
-pub(crate) fn rollscript_against_moto(dir: &Path) -> std::process::Command {
-    std::fs::write(dir.join("aws-config"), "").unwrap();
-    std::fs::write(dir.join("aws-credentials"), "").unwrap();
-    let mut c = rollscript();
-    c.current_dir(dir)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", REGION)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", dir.join("aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT_URL");
-    c
 }

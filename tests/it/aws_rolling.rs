@@ -14,21 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2 as ec2;
-use aws_sdk_elasticloadbalancingv2 as elb;
-use elb::config::Credentials;
-use elb::types::{
-    Action, ActionTypeEnum, ProtocolEnum, TargetDescription, TargetGroupAttribute, TargetTypeEnum,
-};
 use rollscript::journal::{self, Record};
 
+use crate::harness::cloud::{self as aws, rollscript_against_moto, CloudSpec, REGION};
 use crate::harness::http::{HttpServer, Reply};
-use crate::harness::moto::Moto;
 use crate::harness::sshd::{toml_str, SshFleet};
-use crate::harness::{free_port, repo, rollscript};
-
-const REGION: &str = "us-east-1";
+use crate::harness::{free_port, repo};
 /// The target group's `deregistration_delay.timeout_seconds`: how long moto
 /// reports a deregistered target `draining`.
 const DEREGISTRATION_DELAY: u64 = 2;
@@ -45,12 +36,10 @@ const STEPS: [&str; 6] = [
     "wait_in_service",
 ];
 
-/// moto with a VPC, the fleet's EC2 instances, a target group behind an ALB
-/// listener, and every instance registered and healthy.
+/// moto with the fleet's EC2 instances in a target group behind an ALB
+/// listener, every instance registered and healthy.
 struct Cloud {
-    moto: Moto,
-    elb: elb::Client,
-    tg: String,
+    aws: aws::Cloud,
     /// Instance name → EC2 instance id.
     ids: BTreeMap<String, String>,
     port: u16,
@@ -58,189 +47,30 @@ struct Cloud {
 
 impl Cloud {
     async fn start(fleet: &SshFleet, port: u16) -> Cloud {
-        let moto = Moto::start();
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new(
-                "testing",
-                "testing",
-                None,
-                None,
-                "rollscript-tests",
-            ))
-            .endpoint_url(moto.endpoint())
-            .load()
-            .await;
-        let ec2 = ec2::Client::new(&sdk);
-        let elb = elb::Client::new(&sdk);
-
         // The fleet's addresses are 127.0.1.x: the VPC holds them.
-        let vpc = ec2
-            .create_vpc()
-            .cidr_block("127.0.0.0/16")
-            .send()
-            .await
-            .unwrap()
-            .vpc()
-            .unwrap()
-            .vpc_id()
-            .unwrap()
-            .to_string();
-        let mut subnets = Vec::new();
-        for (cidr, az) in [
-            ("127.0.1.0/24", "us-east-1a"),
-            ("127.0.2.0/24", "us-east-1b"),
-        ] {
-            let s = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(cidr)
-                .availability_zone(az)
-                .send()
-                .await
-                .unwrap();
-            subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-        }
-
+        let aws = aws::Cloud::start_with(CloudSpec {
+            net: "127.0",
+            target_group: TG_NAME,
+            alb: "rolling-alb",
+            port,
+            deregistration_delay: DEREGISTRATION_DELAY,
+        })
+        .await;
         let mut ids = BTreeMap::new();
         for h in &fleet.hosts {
-            let out = ec2
-                .run_instances()
-                .image_id("ami-12345678")
-                .min_count(1)
-                .max_count(1)
-                .subnet_id(&subnets[0])
-                .private_ip_address(&h.ip)
-                .tag_specifications(
-                    ec2::types::TagSpecification::builder()
-                        .resource_type(ec2::types::ResourceType::Instance)
-                        .tags(
-                            ec2::types::Tag::builder()
-                                .key("Name")
-                                .value(&h.name)
-                                .build(),
-                        )
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            let i = &out.instances()[0];
-            assert_eq!(i.private_ip_address(), Some(h.ip.as_str()));
-            ids.insert(h.name.clone(), i.instance_id().unwrap().to_string());
+            let id = aws.instance(&aws.subnet, &h.ip, Some(&h.name)).await;
+            ids.insert(h.name.clone(), id);
         }
-
-        let tg = elb
-            .create_target_group()
-            .name(TG_NAME)
-            .protocol(ProtocolEnum::Http)
-            .port(i32::from(port))
-            .vpc_id(&vpc)
-            .target_type(TargetTypeEnum::Instance)
-            .health_check_path("/health")
-            .send()
-            .await
-            .unwrap()
-            .target_groups()[0]
-            .target_group_arn()
-            .unwrap()
-            .to_string();
-        elb.modify_target_group_attributes()
-            .target_group_arn(&tg)
-            .attributes(
-                TargetGroupAttribute::builder()
-                    .key("deregistration_delay.timeout_seconds")
-                    .value(DEREGISTRATION_DELAY.to_string())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        let alb = elb
-            .create_load_balancer()
-            .name("rolling-alb")
-            .set_subnets(Some(subnets))
-            .send()
-            .await
-            .unwrap()
-            .load_balancers()[0]
-            .load_balancer_arn()
-            .unwrap()
-            .to_string();
-        elb.create_listener()
-            .load_balancer_arn(alb)
-            .protocol(ProtocolEnum::Http)
-            .port(80)
-            .default_actions(
-                Action::builder()
-                    .r#type(ActionTypeEnum::Forward)
-                    .target_group_arn(&tg)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-
-        let mut register = elb.register_targets().target_group_arn(&tg);
-        for id in ids.values() {
-            register = register.targets(
-                TargetDescription::builder()
-                    .id(id)
-                    .port(i32::from(port))
-                    .build(),
-            );
-        }
-        register.send().await.unwrap();
-
-        let cloud = Cloud {
-            moto,
-            elb,
-            tg,
-            ids,
-            port,
-        };
-        // `initial` for a second after the register, then `healthy`.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let targets = cloud.targets().await;
-            if targets == cloud.all_healthy() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the fleet never became healthy in moto: {targets:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        aws.register_healthy(&ids.values().cloned().collect::<Vec<_>>())
+            .await;
+        let cloud = Cloud { aws, ids, port };
+        assert_eq!(cloud.targets().await, cloud.all_healthy());
         cloud
     }
 
     /// What DescribeTargetHealth lists for the target group: (id, port, state), sorted.
     async fn targets(&self) -> Vec<(String, i32, String)> {
-        let out = self
-            .elb
-            .describe_target_health()
-            .target_group_arn(&self.tg)
-            .send()
-            .await
-            .unwrap();
-        let mut rows: Vec<(String, i32, String)> = out
-            .target_health_descriptions()
-            .iter()
-            .map(|d| {
-                let t = d.target().unwrap();
-                (
-                    t.id().unwrap().to_string(),
-                    t.port().unwrap(),
-                    d.target_health()
-                        .and_then(|h| h.state())
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        rows.sort();
-        rows
+        self.aws.targets().await
     }
 
     /// Every instance of the fleet `healthy` on the target group's port.
@@ -341,8 +171,8 @@ poll_interval = "200ms"
         known_hosts = q(&fleet.known_hosts),
         config = q(&fleet.ssh_config),
         port = cloud.port,
-        tg = cloud.tg,
-        endpoint = cloud.moto.endpoint(),
+        tg = cloud.aws.tg,
+        endpoint = cloud.aws.moto.endpoint(),
     );
     for h in &fleet.hosts {
         t.push_str(&format!(
@@ -360,23 +190,7 @@ poll_interval = "200ms"
 /// `rollscript ARGS` in `dir`, with test credentials and nothing from this
 /// machine's AWS configuration.
 fn rollscript_in(dir: &Path, args: &[&str]) -> Output {
-    std::fs::write(dir.join("aws-config"), "").unwrap();
-    std::fs::write(dir.join("aws-credentials"), "").unwrap();
-    rollscript()
-        .current_dir(dir)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", dir.join("aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_REGION")
-        .env_remove("AWS_DEFAULT_REGION")
-        .output()
-        .unwrap()
+    rollscript_against_moto(dir).args(args).output().unwrap()
 }
 
 fn rolling_script() -> String {
@@ -451,7 +265,7 @@ fn the_shipped_rolling_script_cycles_every_instance_through_elbv2_and_leaves_all
         format!(
             "stdout:\n{}\nstderr:\n{stderr}\nmoto:\n{}",
             String::from_utf8_lossy(&out.stdout),
-            cloud.moto.stderr()
+            cloud.aws.moto.stderr()
         )
     };
     assert_eq!(out.status.code(), Some(0), "{}", context());
@@ -468,7 +282,7 @@ fn the_shipped_rolling_script_cycles_every_instance_through_elbv2_and_leaves_all
 
     // Every target back and healthy in the target group.
     assert_eq!(rt.block_on(cloud.targets()), cloud.all_healthy());
-    let moto_stderr = cloud.moto.stderr();
+    let moto_stderr = cloud.aws.moto.stderr();
     assert!(
         !moto_stderr.contains("Traceback"),
         "the emulator failed:\n{moto_stderr}"

@@ -1,4 +1,4 @@
-//! Issue 6's fault matrix, against a real local fleet (`harness::faultfleet`):
+//! Issue 6's fault matrix, against a real local fleet (`harness::fleet`):
 //! three `demo/app.py` instances on 127.0.1.x, each behind its own sshd,
 //! HAProxy in front, `rollscript run scripts/rolling.rhai` as the built binary.
 //!
@@ -12,12 +12,53 @@
 //! zero failed requests.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::faultfleet::{http_get, names, wait_until, FaultFleet, Finished, Journal};
+use crate::harness::fleet::{Fleet, FleetSpec, LbKind};
+use crate::harness::http::get;
+use crate::harness::journal::{names, Journal};
+use crate::harness::run::Finished;
+use crate::harness::sshd::toml_str;
+use crate::harness::wait_until;
 
 /// Upper bound on one rollscript run against the fleet (they take seconds).
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Three instances (`web-1`…) on v1, HAProxy in front, and the inventory
+/// (`min_in_service = 1`, `app.deploy` = a wrapper running the plain
+/// `deploy.sh` until a test sets another with `fleet.set_deploy`).
+fn start() -> Fleet {
+    let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
+    fleet.set_deploy("exec \"$bin/deploy.sh\" \"$@\"");
+    write_inventory(&fleet, 1);
+    fleet
+}
+
+/// Writes the fleet's default inventory with `lb.min_in_service = min_in_service`.
+fn write_inventory(fleet: &Fleet, min_in_service: usize) {
+    fleet
+        .inventory()
+        .deploy(&fleet.test_deploy())
+        .min_in_service(min_in_service)
+        .set("app", "name", &toml_str("faults"))
+        .set("ssh", "command_timeout", &toml_str("90s"))
+        .set("health", "retries", "20")
+        .write(&fleet.inventory_path());
+}
+
+/// `rollscript run scripts/rolling.rhai --yes --var version=v2 -i INV` + `extra`.
+fn run_cmd(fleet: &Fleet, extra: &[&str]) -> Command {
+    let mut c = fleet.rollscript(&[
+        "run",
+        "scripts/rolling.rhai",
+        "--yes",
+        "--var",
+        "version=v2",
+    ]);
+    c.args(extra);
+    c
+}
 
 /// A deploy wrapper: `version` → `bad-version` on the named instances
 /// (demo/app.py never turns healthy on a version starting with `bad`).
@@ -33,16 +74,21 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Every instance's version, in inventory order: `[(name, version)]`.
+fn versions(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    map(pairs).into_iter().collect()
+}
+
 /// Every server UP in HAProxy, every instance serving `version`.
-fn assert_fleet_on(fleet: &FaultFleet, version: &str, context: &str) {
+fn assert_fleet_on(fleet: &Fleet, version: &str, context: &str) {
     assert_eq!(
-        fleet.statuses(),
+        fleet.haproxy().statuses(),
         map(&[("web-1", "UP"), ("web-2", "UP"), ("web-3", "UP")]),
         "HAProxy after the run\n{context}"
     );
     assert_eq!(
         fleet.versions(),
-        map(&[("web-1", version), ("web-2", version), ("web-3", version)]),
+        versions(&[("web-1", version), ("web-2", version), ("web-3", version)]),
         "versions served after the run\n{context}"
     );
 }
@@ -68,7 +114,7 @@ fn context(r: &Finished, j: &Journal) -> String {
 }
 
 /// `rollscript runs show RUN`.
-fn runs_show(fleet: &FaultFleet, run: &str) -> String {
+fn runs_show(fleet: &Fleet, run: &str) -> String {
     let r = fleet.exec(
         "runs-show",
         fleet.rollscript(&["runs", "show", run]),
@@ -108,14 +154,14 @@ fn hostname() -> String {
 
 #[test]
 fn deploy_failing_on_web_2_rolls_back_web_1_and_compensates_web_2_with_zero_failed_requests() {
-    let fleet = FaultFleet::start(3);
+    let fleet = start();
     fleet.set_deploy(&bad_on(&["web-2"]));
     let load = fleet.load();
     wait_until("the load to get going", Duration::from_secs(10), || {
-        load.so_far().ok >= 20
+        load.so_far().ok() >= 20
     });
 
-    let run = fleet.spawn("run", fleet.run_cmd(&[]));
+    let run = fleet.spawn("run", run_cmd(&fleet, &[]));
     let pid = run.pid();
     let r = run.wait(RUN_TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
@@ -190,17 +236,21 @@ fn deploy_failing_on_web_2_rolls_back_web_1_and_compensates_web_2_with_zero_fail
     assert!(!show.contains("left out of service"), "{show}");
 
     assert_eq!(
-        traffic.failed, 0,
-        "requests failed during the run: {traffic:?}\n{ctx}"
+        traffic.failures().len(),
+        0,
+        "requests failed during the run: {}\n{ctx}",
+        traffic.summary()
     );
-    assert!(traffic.ok > 50, "{traffic:?}");
+    assert!(traffic.ok() > 50, "{}", traffic.summary());
     assert!(
-        traffic.versions.contains_key("v2"),
-        "web-1 served v2 for a while: {traffic:?}"
+        traffic.versions().contains_key("v2"),
+        "web-1 served v2 for a while: {}",
+        traffic.summary()
     );
     assert!(
-        !traffic.versions.keys().any(|v| v.starts_with("bad")),
-        "the unhealthy version never got traffic: {traffic:?}"
+        !traffic.versions().keys().any(|v| v.starts_with("bad")),
+        "the unhealthy version never got traffic: {}",
+        traffic.summary()
     );
 }
 
@@ -208,9 +258,9 @@ fn deploy_failing_on_web_2_rolls_back_web_1_and_compensates_web_2_with_zero_fail
 
 #[test]
 fn health_never_passing_stops_at_the_first_instance_and_compensates_it() {
-    let fleet = FaultFleet::start(3);
+    let fleet = start();
     fleet.set_deploy(&bad_on(&["web-1", "web-2", "web-3"]));
-    let r = fleet.exec("run", fleet.run_cmd(&[]), RUN_TIMEOUT);
+    let r = fleet.exec("run", run_cmd(&fleet, &[]), RUN_TIMEOUT);
     let j = fleet.journal();
     let ctx = context(&r, &j);
 
@@ -264,8 +314,8 @@ fn health_never_passing_stops_at_the_first_instance_and_compensates_it() {
 
 #[test]
 fn an_instance_unreachable_mid_run_is_named_and_no_healthy_instance_is_left_out() {
-    let mut fleet = FaultFleet::start(3);
-    let run = fleet.spawn("run", fleet.run_cmd(&[]));
+    let mut fleet = start();
+    let run = fleet.spawn("run", run_cmd(&fleet, &[]));
     // The run has started (web-1 is being deployed): web-3's sshd goes away
     // long before its turn.
     wait_until("the run's first step", Duration::from_secs(30), || {
@@ -278,7 +328,10 @@ fn an_instance_unreachable_mid_run_is_named_and_no_healthy_instance_is_left_out(
         .steps("web-3")
         .is_empty());
     fleet.stop_sshd("web-3");
-    let (ip3, ssh3) = (fleet.node("web-3").ip.clone(), fleet.node("web-3").ssh_port);
+    let (ip3, ssh3) = (
+        fleet.instance("web-3").ip.clone(),
+        fleet.instance("web-3").ssh_port,
+    );
 
     let r = run.wait(RUN_TIMEOUT);
     let j = fleet.journal();
@@ -327,20 +380,20 @@ fn an_instance_unreachable_mid_run_is_named_and_no_healthy_instance_is_left_out(
 
 #[test]
 fn the_lb_api_going_away_mid_run_leaves_the_instance_out_named_then_recover_restores_it() {
-    let mut fleet = FaultFleet::start(3);
+    let mut fleet = start();
     // web-1 deploys, then waits until the test has stopped HAProxy.
     fleet.set_deploy(
         "\"$bin/deploy.sh\" \"$1\"\n[ \"$NAME\" = web-1 ] && { mark deployed-web-1; wait_for go-web-1; }\nexit 0",
     );
-    let run = fleet.spawn("run", fleet.run_cmd(&[]));
+    let run = fleet.spawn("run", run_cmd(&fleet, &[]));
     fleet.wait_ctl("deployed-web-1", Duration::from_secs(60));
-    assert_eq!(fleet.status("web-1"), "MAINT");
+    assert_eq!(fleet.haproxy().status("web-1"), "MAINT");
     fleet.stop_haproxy();
     fleet.touch("go-web-1");
     let r = run.wait(RUN_TIMEOUT);
     let j = fleet.journal();
     let ctx = context(&r, &j);
-    let socket = fleet.socket.display().to_string();
+    let socket = fleet.haproxy().socket.display().to_string();
 
     assert_eq!(r.code, Some(1), "{ctx}");
     assert!(
@@ -380,14 +433,14 @@ fn the_lb_api_going_away_mid_run_leaves_the_instance_out_named_then_recover_rest
     assert!(show.contains("left out of service: web-1"), "{show}");
     assert_eq!(
         fleet.versions(),
-        map(&[("web-1", "v1"), ("web-2", "v1"), ("web-3", "v1")])
+        versions(&[("web-1", "v1"), ("web-2", "v1"), ("web-3", "v1")])
     );
 
     // HAProxy back on the same config: it remembers no maint, every healthy
     // server comes up.
     fleet.start_haproxy();
     assert_eq!(
-        fleet.statuses(),
+        fleet.haproxy().statuses(),
         map(&[("web-1", "UP"), ("web-2", "UP"), ("web-3", "UP")])
     );
     let rec = fleet.exec("recover", fleet.rollscript(&["recover"]), RUN_TIMEOUT);
@@ -413,33 +466,37 @@ fn the_lb_api_going_away_mid_run_leaves_the_instance_out_named_then_recover_rest
 
 #[test]
 fn sigint_during_a_drain_compensates_the_instance_and_exits_130_with_zero_failed_requests() {
-    let fleet = FaultFleet::start(3);
+    let fleet = start();
     let load = fleet.load();
     wait_until("the load to get going", Duration::from_secs(10), || {
-        load.so_far().ok >= 20
+        load.so_far().ok() >= 20
     });
     // A slow request held on web-1, so its drain has something to wait for.
-    // The load's own /slow requests last 200 ms: a session seen on web-1
-    // throughout half a second is one of these.
-    let lb: std::net::SocketAddr = format!("127.0.0.1:{}", fleet.lb_port).parse().unwrap();
+    // The load's own /slow requests last 200 ms: a session on web-1 a second
+    // old or more (HAProxy's `show sess`) is one of these.
+    let lb = fleet.lb_addr();
     let held = || {
-        (0..6).all(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            fleet.sessions("web-1") > 0
+        fleet.haproxy().cmd("show sess").lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.contains(&"srv=web-1")
+                && words
+                    .iter()
+                    .any(|w| w.starts_with("age=") && *w != "age=0s")
         })
     };
     let mut slow = Vec::new();
     for _ in 0..12 {
-        slow.push(std::thread::spawn(move || http_get(lb, "/slow?ms=15000")));
+        slow.push(std::thread::spawn(move || get(lb, "/slow?ms=15000")));
+        std::thread::sleep(Duration::from_millis(1100));
         if held() {
             break;
         }
     }
     assert!(held(), "no slow request held on web-1");
 
-    let run = fleet.spawn("run", fleet.run_cmd(&[]));
+    let run = fleet.spawn("run", run_cmd(&fleet, &[]));
     wait_until("web-1 draining", Duration::from_secs(30), || {
-        fleet.status("web-1") == "DRAIN"
+        fleet.haproxy().status("web-1") == "DRAIN"
             && fleet.journals().first().is_some_and(|p| {
                 Journal::read(p).steps("web-1")
                     == vec![
@@ -449,8 +506,8 @@ fn sigint_during_a_drain_compensates_the_instance_and_exits_130_with_zero_failed
             })
     });
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(fleet.status("web-1"), "DRAIN", "still draining");
-    run.proc.signal(libc::SIGINT);
+    assert_eq!(fleet.haproxy().status("web-1"), "DRAIN", "still draining");
+    run.signal(libc::SIGINT);
     let r = run.wait(RUN_TIMEOUT);
     let slow: Vec<_> = slow.into_iter().map(|t| t.join().unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -517,23 +574,25 @@ fn sigint_during_a_drain_compensates_the_instance_and_exits_130_with_zero_failed
         );
     }
     assert_eq!(
-        traffic.failed, 0,
-        "requests failed during the run: {traffic:?}\n{ctx}"
+        traffic.failures().len(),
+        0,
+        "requests failed during the run: {}\n{ctx}",
+        traffic.summary()
     );
-    assert!(traffic.ok > 20, "{traffic:?}");
+    assert!(traffic.ok() > 20, "{}", traffic.summary());
 }
 
 // ---- 6 ------------------------------------------------------------------------
 
 #[test]
 fn sigkill_during_a_deploy_leaves_the_journal_open_and_recover_rolls_back_idempotently() {
-    let fleet = FaultFleet::start(3);
+    let fleet = start();
     // The deploy happens, then the command lingers until the test says.
     fleet.set_deploy("\"$bin/deploy.sh\" \"$1\"\nmark deployed-$NAME\nwait_for go-$NAME");
-    let run = fleet.spawn("run", fleet.run_cmd(&[]));
+    let run = fleet.spawn("run", run_cmd(&fleet, &[]));
     let pid = run.pid();
     fleet.wait_ctl("deployed-web-1", Duration::from_secs(60));
-    run.proc.signal(libc::SIGKILL);
+    run.signal(libc::SIGKILL);
     let r = run.wait(Duration::from_secs(30));
     assert_eq!(r.status.code(), None, "killed by a signal");
     fleet.touch("go-web-1");
@@ -555,7 +614,7 @@ fn sigkill_during_a_deploy_leaves_the_journal_open_and_recover_rolls_back_idempo
     let lock = std::fs::read_to_string(fleet.lock_path()).expect("the lock file remains");
     let holder: serde_json::Value = serde_json::from_str(&lock).unwrap();
     assert_eq!(holder["pid"], pid, "{lock}");
-    assert_eq!(fleet.status("web-1"), "MAINT");
+    assert_eq!(fleet.haproxy().status("web-1"), "MAINT");
     assert_eq!(fleet.version("web-1"), "v2");
     let show = runs_show(&fleet, &j.run());
     assert!(
@@ -621,13 +680,13 @@ fn sigkill_during_a_deploy_leaves_the_journal_open_and_recover_rolls_back_idempo
 
 #[test]
 fn a_second_concurrent_run_exits_3_naming_the_holder() {
-    let fleet = FaultFleet::start(3);
+    let fleet = start();
     fleet.set_deploy("mark started-$NAME\nwait_for go\nexec \"$bin/deploy.sh\" \"$1\"");
-    let first = fleet.spawn("run-1", fleet.run_cmd(&[]));
+    let first = fleet.spawn("run-1", run_cmd(&fleet, &[]));
     let pid = first.pid();
     fleet.wait_ctl("started-web-1", Duration::from_secs(60));
 
-    let second = fleet.exec("run-2", fleet.run_cmd(&[]), Duration::from_secs(60));
+    let second = fleet.exec("run-2", run_cmd(&fleet, &[]), Duration::from_secs(60));
     assert_eq!(second.code, Some(3), "{}", second.both());
     let want = format!(
         "another run holds the deploy lock: held by uid0@{} (pid {pid}) since ",
@@ -655,7 +714,11 @@ fn a_second_concurrent_run_exits_3_naming_the_holder() {
         1,
         "the refused run wrote no journal"
     );
-    assert_eq!(fleet.status("web-1"), "MAINT", "the first run goes on");
+    assert_eq!(
+        fleet.haproxy().status("web-1"),
+        "MAINT",
+        "the first run goes on"
+    );
 
     fleet.touch("go");
     let r = first.wait(RUN_TIMEOUT);
@@ -671,9 +734,9 @@ fn a_second_concurrent_run_exits_3_naming_the_holder() {
 
 #[test]
 fn the_capacity_guard_refuses_and_nothing_is_drained() {
-    let fleet = FaultFleet::start(3);
-    fleet.write_inventory(3);
-    let r = fleet.exec("run", fleet.run_cmd(&[]), RUN_TIMEOUT);
+    let fleet = start();
+    write_inventory(&fleet, 3);
+    let r = fleet.exec("run", run_cmd(&fleet, &[]), RUN_TIMEOUT);
     let j = fleet.journal();
     let ctx = context(&r, &j);
 
@@ -690,7 +753,7 @@ fn the_capacity_guard_refuses_and_nothing_is_drained() {
     assert_eq!(end["outcome"], "failed", "{ctx}");
     assert_eq!(names(&end["left_out"]), Vec::<String>::new(), "{ctx}");
     assert_fleet_on(&fleet, "v1", &ctx);
-    let stat = fleet.show_stat();
+    let stat = fleet.haproxy().stats();
     for s in ["web-1", "web-2", "web-3"] {
         assert_eq!(stat[s]["status"], "UP");
         assert_eq!(
@@ -705,11 +768,11 @@ fn the_capacity_guard_refuses_and_nothing_is_drained() {
 
 #[test]
 fn exceeding_max_failures_stops_and_rolls_back_the_updated_instances() {
-    let fleet = FaultFleet::start(3);
+    let fleet = start();
     fleet.set_deploy(&bad_on(&["web-2", "web-3"]));
     let r = fleet.exec(
         "run",
-        fleet.run_cmd(&["--var", "max_failures=1"]),
+        run_cmd(&fleet, &["--var", "max_failures=1"]),
         RUN_TIMEOUT,
     );
     let j = fleet.journal();

@@ -1,19 +1,22 @@
-//! The HAProxy provider against a real HAProxy 2.6 on loopback: drains that
-//! wait for the request in flight, health-checked registration, weights,
-//! stats, blue/green switches, address matching, the operator's errors — and
-//! the same through the CLI.
+//! The HAProxy provider against a real HAProxy 2.6 on loopback: the load
+//! balancer contract (`lb_contract.rs`), drains that wait for the request in
+//! flight, health-check verdicts, weights, stats, blue/green switches,
+//! address matching, the operator's errors — and the same through the CLI.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rollscript::config::Inventory;
+use rollscript::config::{Instance, Inventory};
 use rollscript::primitives::{ErrorKind, LbOp, LoadBalancer, MemberState};
 use rollscript::providers::haproxy::HaproxyLb;
 
-use crate::harness::backend::{get, wait_until, Backend};
+use crate::harness::backend::Backend;
 use crate::harness::haproxy::Haproxy;
-use crate::harness::{rollscript, Proc, SHIFT_WEB_1};
+use crate::harness::http::get;
+use crate::harness::sampler::haproxy_in_service;
+use crate::harness::{rollscript, wait_until, Proc, SHIFT_WEB_1};
+use crate::lb_contract::{self, Subject};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -45,7 +48,7 @@ impl Fleet {
             .collect();
         let haproxy = Haproxy::start("credit_radar", &servers);
         let inv = Arc::new(inventory(
-            haproxy.dir.path(),
+            haproxy.dir(),
             &haproxy.socket.display().to_string(),
             &backends,
             extra_toml,
@@ -59,7 +62,7 @@ impl Fleet {
         }
     }
 
-    fn inst(&self, name: &str) -> rollscript::config::Instance {
+    fn inst(&self, name: &str) -> Instance {
         self.inv.instance(name).unwrap().clone()
     }
 
@@ -157,30 +160,32 @@ async fn drain_waits_for_the_request_in_flight_then_puts_the_server_in_maint() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_waits_for_haproxys_health_check_and_traffic_returns() {
-    let fleet = Fleet::start(2);
-    let web1 = fleet.inst("web-1");
-    fleet.lb.deregister(&web1).await.unwrap();
-    fleet.lb.wait_drained(&web1, WAIT).await.unwrap();
-    assert_eq!(fleet.haproxy.status("web-1"), "MAINT");
-    assert_eq!(
-        fleet.lb.state(&web1).await.unwrap(),
-        MemberState::OutOfService
-    );
-    assert!(fleet.traffic(4).iter().all(|s| s == "web-2"));
+#[async_trait::async_trait]
+impl Subject for Fleet {
+    fn lb(&self) -> &dyn LoadBalancer {
+        &*self.lb
+    }
 
-    fleet.backends[0].set_version("web-1 v2");
-    fleet.lb.register(&web1).await.unwrap();
-    fleet.lb.wait_in_service(&web1, WAIT).await.unwrap();
-    assert_eq!(
-        fleet.haproxy.status("web-1"),
-        "UP",
-        "a check passed since ready"
-    );
-    assert_eq!(fleet.lb.state(&web1).await.unwrap(), MemberState::InService);
-    let served = fleet.traffic(4);
-    assert!(served.contains(&"web-1 v2".to_string()), "{served:?}");
+    fn inventory(&self) -> &Inventory {
+        &self.inv
+    }
+
+    async fn in_rotation(&self, name: &str) -> bool {
+        haproxy_in_service(&self.haproxy.status(name))
+    }
+
+    async fn weight(&self, name: &str) -> u32 {
+        self.haproxy.stat(name, "weight").parse().unwrap()
+    }
+
+    fn served(&self, n: usize) -> Option<Vec<String>> {
+        Some(self.traffic(n))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_keeps_the_load_balancer_contract() {
+    lb_contract::check(&Fleet::start(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,21 +325,6 @@ async fn set_weight_and_stats_show_haproxys_own_numbers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_service_count_follows_drain_and_ready() {
-    let fleet = Fleet::start(3);
-    let fleet_list = fleet.inv.instances.clone();
-    assert_eq!(fleet.lb.in_service_count(&fleet_list).await.unwrap(), 3);
-    let web2 = fleet.inst("web-2");
-    fleet.lb.deregister(&web2).await.unwrap();
-    assert_eq!(fleet.lb.in_service_count(&fleet_list).await.unwrap(), 2);
-    fleet.lb.wait_drained(&web2, WAIT).await.unwrap();
-    assert_eq!(fleet.lb.in_service_count(&fleet_list).await.unwrap(), 2);
-    fleet.lb.register(&web2).await.unwrap();
-    fleet.lb.wait_in_service(&web2, WAIT).await.unwrap();
-    assert_eq!(fleet.lb.in_service_count(&fleet_list).await.unwrap(), 3);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_server_is_reported_with_haproxys_reply_and_what_the_backend_holds() {
     let fleet = Fleet::start(1);
     let mut ghost = fleet.inst("web-1");
@@ -408,7 +398,7 @@ async fn servers_named_differently_are_found_by_address() {
 async fn the_runtime_api_also_answers_on_tcp() {
     let fleet = Fleet::start(1);
     let inv = Arc::new(inventory(
-        fleet.haproxy.dir.path(),
+        fleet.haproxy.dir(),
         &fleet.haproxy.api_addr,
         &fleet.backends,
         "",
@@ -513,7 +503,7 @@ const CYCLE_EVERY_INSTANCE: &str = "for inst in instances() {\n    deregister(in
 #[test]
 fn the_cli_cycles_every_instance_through_haproxy_and_plan_touches_nothing() {
     let fleet = Fleet::start(3);
-    let dir = fleet.haproxy.dir.path();
+    let dir = fleet.haproxy.dir();
     std::fs::write(dir.join("cycle.rhai"), CYCLE_EVERY_INSTANCE).unwrap();
 
     // Plan first, with web-3 in maint: a run would make it ready, a plan must not.
@@ -595,7 +585,7 @@ fn the_cli_cycles_every_instance_through_haproxy_and_plan_touches_nothing() {
 #[test]
 fn shift_traffic_weighs_the_canary_and_a_failed_run_puts_the_weights_back() {
     let fleet = Fleet::start(3);
-    let dir = fleet.haproxy.dir.path();
+    let dir = fleet.haproxy.dir();
     let weights = || -> Vec<String> {
         ["web-1", "web-2", "web-3"]
             .iter()
@@ -648,7 +638,7 @@ fn shift_traffic_weighs_the_canary_and_a_failed_run_puts_the_weights_back() {
 #[test]
 fn recover_after_a_kill_puts_shifted_weights_back_as_configured() {
     let fleet = Fleet::start(3);
-    let dir = fleet.haproxy.dir.path();
+    let dir = fleet.haproxy.dir();
     let weights = || -> Vec<String> {
         ["web-1", "web-2", "web-3"]
             .iter()

@@ -12,6 +12,7 @@ mod faults;
 mod haproxy;
 mod health;
 mod install;
+mod lb_contract;
 mod nginx;
 mod safety;
 mod ssh;

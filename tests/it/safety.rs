@@ -20,8 +20,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::faultfleet::Journal;
-use crate::harness::fleet::{Finished, Fleet, FleetSpec, LbKind, Load, LoadReport, Running};
+use crate::harness::fleet::{Fleet, FleetInventory, FleetSpec, LbKind};
+use crate::harness::journal::{journals_beside, only_journal, Journal};
+use crate::harness::load::{Load, LoadReport};
+use crate::harness::run::{Finished, Running};
 use crate::harness::sampler::LbTimeline;
 use crate::harness::sshd::toml_str;
 use crate::harness::{one_fleet_at_a_time, repo};
@@ -50,9 +52,7 @@ impl Sampled {
 
     /// The records of the run's only journal.
     fn journal(&self) -> Journal {
-        let j = Fleet::journals(&self.inventory);
-        assert_eq!(j.len(), 1, "expected one run journal, found {j:?}");
-        Journal::read(&j[0])
+        only_journal(&self.inventory)
     }
 
     /// The outcome column of `name`'s row in the summary.
@@ -101,10 +101,7 @@ fn rolling(fleet: &Fleet, inventory: &Path, extra: &[&str], load: bool) -> Sampl
 
 /// Everything an assertion message needs.
 fn context(fleet: &Fleet, r: &Sampled) -> String {
-    let lb_log = match fleet.spec.lb {
-        LbKind::Haproxy => fleet.haproxy().log_text(),
-        LbKind::Nginx => fleet.nginx().error_log(),
-    };
+    let lb_log = fleet.lb_log();
     let tail: Vec<&str> = lb_log.lines().rev().take(30).collect();
     format!(
         "{}\n--- lb sampler\n{}--- load\n{}\n--- versions now {:?}\n--- lb now {:?}\n--- lb log (newest first)\n{}",
@@ -205,30 +202,6 @@ fn in_service(lb: LbKind) -> &'static str {
         LbKind::Haproxy => "UP",
         LbKind::Nginx => "up",
     }
-}
-
-/// A deploy wrapper (bash) for the fleet's bin/: on `instance` (told apart
-/// by the ssh connection's server address, as deploy.sh does) it runs
-/// `there`; elsewhere it execs `fallback` with the same arguments.
-fn wrapper(fleet: &Fleet, file: &str, instance: &str, there: &str, fallback: &str) -> String {
-    let path = fleet.bin(file);
-    std::fs::write(
-        &path,
-        format!(
-            "#!/usr/bin/env bash\n\
-             # Test wrapper written by tests/it/safety.rs.\n\
-             set -euo pipefail\n\
-             addr=$(set -- ${{SSH_CONNECTION:-}}; echo \"${{3:-}}\")\n\
-             if [ \"$addr\" = \"{ip}\" ]; then\n\
-             {there}\n\
-             fi\n\
-             exec \"$(dirname \"$0\")/{fallback}\" \"$@\"\n",
-            ip = fleet.instance(instance).ip
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path.display().to_string()
 }
 
 // ---- 1. the capacity guard under parallel batches -----------------------------------------
@@ -494,9 +467,7 @@ fn an_instance_down_by_health_before_the_run_is_deployed_and_back_up() {
     let _one = one_fleet_at_a_time();
     let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
     fleet.stop_app("web-2");
-    fleet
-        .haproxy()
-        .wait_status("web-2", "DOWN", Duration::from_secs(30));
+    fleet.haproxy().wait_status("web-2", "DOWN");
     let inv = fleet
         .inventory()
         .min_in_service(1)
@@ -528,20 +499,14 @@ fn an_instance_down_by_health_before_the_run_is_deployed_and_back_up() {
 
 /// `app.deploy` fails on web-2 before changing anything ("disk full",
 /// exit 7) and `app.rollback` fails there too ("no previous release").
-fn deploy_and_rollback_fail_on_web_2(fleet: &Fleet) -> crate::harness::fleet::FleetInventory {
-    let deploy = wrapper(
-        fleet,
+fn deploy_and_rollback_fail_on_web_2(fleet: &Fleet) -> FleetInventory {
+    let deploy = fleet.wrapper(
         "deploy-disk-full-on-web-2.sh",
-        "web-2",
-        "echo 'disk full' >&2\nexit 7",
-        "deploy.sh",
+        "[ \"$NAME\" = web-2 ] && { echo 'disk full' >&2; exit 7; }\nexec \"$bin/deploy.sh\" \"$@\"",
     );
-    let rollback = wrapper(
-        fleet,
+    let rollback = fleet.wrapper(
         "rollback-fails-on-web-2.sh",
-        "web-2",
-        "echo 'no previous release' >&2\nexit 1",
-        "rollback.sh",
+        "[ \"$NAME\" = web-2 ] && { echo 'no previous release' >&2; exit 1; }\nexec \"$bin/rollback.sh\" \"$@\"",
     );
     fleet
         .inventory()
@@ -668,20 +633,9 @@ fn if_the_old_release_also_fails_haproxys_check_the_instance_is_taken_out_again_
     let fleet = fleet_where_v2_fails_haproxys_check_on_web_2();
     // The deploy on web-2 also breaks the old release's check (a shared
     // dependency, say): rolled back, it still fails HAProxy's check.
-    let breaks_v1 = format!(
-        "touch {}",
-        fleet
-            .instance("web-2")
-            .dir
-            .join("lbcheck-fails-v1")
-            .display()
-    );
-    let deploy = wrapper(
-        &fleet,
+    let deploy = fleet.wrapper(
         "deploy-breaks-v1-on-web-2.sh",
-        "web-2",
-        &breaks_v1,
-        "deploy.sh",
+        "[ \"$NAME\" = web-2 ] && touch \"$DEMO_INSTANCE_DIR/lbcheck-fails-v1\"\nexec \"$bin/deploy.sh\" \"$@\"",
     );
     let inv = fleet
         .inventory()
@@ -779,7 +733,7 @@ fn assert_refused_up_front(fleet: &Fleet, inventory: &Path, args: &[&str], messa
         context(fleet, &r)
     );
     assert_eq!(
-        Fleet::journals(inventory),
+        journals_beside(inventory),
         Vec::<PathBuf>::new(),
         "a refused run writes no journal\n{}",
         context(fleet, &r)
@@ -937,7 +891,7 @@ fn an_ssh_user_that_is_no_plain_user_name_is_refused() {
 #[cfg(feature = "aws")]
 #[test]
 fn an_elbv2_instance_that_is_no_target_of_the_group_is_refused() {
-    use crate::aws::{instances_toml, rollscript_against_moto, Cloud};
+    use crate::harness::cloud::{instances_toml, rollscript_against_moto, Cloud};
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cloud = rt.block_on(Cloud::start());
@@ -1009,7 +963,7 @@ fn an_elbv2_instance_that_is_no_target_of_the_group_is_refused() {
         "the target group is unchanged\n{ctx}"
     );
     assert!(
-        Fleet::journals(&inv).is_empty(),
+        journals_beside(&inv).is_empty(),
         "a refused run writes no journal\n{ctx}"
     );
 }

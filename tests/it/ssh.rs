@@ -16,7 +16,7 @@ use rollscript::providers::ssh::{SshTransport, SESSIONS_PER_HOST};
 
 use crate::harness::http::{HttpServer, Reply};
 use crate::harness::sshd::{keygen, next_ip, SshFleet};
-use crate::harness::{free_port, rollscript};
+use crate::harness::{alive, free_port, rollscript, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -38,29 +38,6 @@ async fn fail(t: &SshTransport, inv: &Inventory, name: &str, line: &str) -> Acti
     match t.exec(&inst(inv, name), &sh(line), LONG).await {
         Ok(out) => panic!("{name}: {line}: expected an error, got {out:?}"),
         Err(e) => e,
-    }
-}
-
-/// Polls `cond` until it holds, or panics after `limit` naming `what`.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not true within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// True while `pid` is a live (not zombie) process on this machine — the
-/// "remote" hosts are local sshd's, so their processes are visible here.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }
 

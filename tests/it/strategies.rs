@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use crate::harness::fleet::{Finished, Fleet, FleetSpec, LbKind, Load, LoadReport, Running};
+use crate::harness::fleet::{Fleet, FleetSpec, LbKind};
+use crate::harness::load::{Load, LoadReport};
 use crate::harness::one_fleet_at_a_time;
 use crate::harness::postgres::Postgres;
+use crate::harness::run::{Finished, Running};
 
 /// Requests per second through the LB.
 const RATE: u32 = 50;
@@ -86,10 +88,7 @@ fn run_under_load(fleet: &Fleet, inventory: &Path, script_name: &str, vars: &[&s
 
 /// Everything the assertion messages need.
 fn context(fleet: &Fleet, run: &Finished, load: &LoadReport) -> String {
-    let lb_log = match fleet.spec.lb {
-        LbKind::Haproxy => fleet.haproxy().log_text(),
-        LbKind::Nginx => fleet.nginx().error_log(),
-    };
+    let lb_log = fleet.lb_log();
     let lb_tail: Vec<&str> = lb_log.lines().rev().take(40).collect();
     format!(
         "{}\n--- load\n{}\n--- versions {:?}\n--- lb {:?}\n--- lb log (last lines, newest first)\n{}",

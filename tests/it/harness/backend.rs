@@ -3,9 +3,6 @@
 //! `/status?code=N` answers N, `/slow?ms=N` holds the request N ms or until
 //! `release_slow()` — for drain tests that must not depend on timing. It
 //! counts what it served, so tests assert where traffic went.
-//!
-//! Also `get`, a one-request-per-connection HTTP client (TESTING.md: reused
-//! connections turn every reload into client errors that prove nothing).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -177,42 +174,4 @@ fn serve(mut conn: TcpStream, s: &State) {
     let _ = conn.shutdown(Shutdown::Write);
     // Drain the rest so the close is clean (no RST on unread input).
     let _ = conn.read(&mut chunk);
-}
-
-/// One GET on a fresh connection to 127.0.0.1:`port`: (status, body), or the
-/// transport error as text.
-pub fn get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    conn.set_read_timeout(Some(Duration::from_secs(120)))
-        .map_err(|e| e.to_string())?;
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    parse_response(&raw)
-}
-
-/// The status and body of a whole HTTP/1.x response as read from a socket.
-pub fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_string()))
-}
-
-/// Polls `cond` every 10 ms until it holds, or panics with `what`.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

@@ -1,6 +1,9 @@
-//! A small HTTP/1.1 server for health-check tests, answering from a script
-//! of replies: slow starts (503 until ready), flapping, 500s, connections
-//! that hang or close unanswered, and a body read from a file a deploy writes.
+//! HTTP for the tests: the one client ([`get`]: one request per fresh
+//! connection, as TESTING.md asks — a reused connection an nginx reload
+//! closes would be a failure that says nothing about a deploy), and a small
+//! HTTP/1.1 server for health-check tests, answering from a script of
+//! replies: slow starts (503 until ready), flapping, 500s, connections that
+//! hang or close unanswered, and a body read from a file a deploy writes.
 //!
 //! Plain std threads: one to accept, one per connection. Every reply closes
 //! its connection (`Connection: close`), as the health checker opens a fresh
@@ -14,6 +17,87 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// Where a request goes: a port of 127.0.0.1, or an `ip:port`.
+pub trait Target {
+    fn socket_addr(&self) -> SocketAddr;
+}
+
+impl Target for u16 {
+    fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], *self))
+    }
+}
+
+impl Target for SocketAddr {
+    fn socket_addr(&self) -> SocketAddr {
+        *self
+    }
+}
+
+impl Target for &str {
+    fn socket_addr(&self) -> SocketAddr {
+        self.parse()
+            .unwrap_or_else(|e| panic!("not an ip:port: {self}: {e}"))
+    }
+}
+
+impl Target for String {
+    fn socket_addr(&self) -> SocketAddr {
+        self.as_str().socket_addr()
+    }
+}
+
+/// How long [`get`] waits for an answer: the tests' slowest requests are
+/// held `/slow?ms=60000` ones.
+const ANSWER_WITHIN: Duration = Duration::from_secs(120);
+
+/// One GET on a fresh connection: (status, body), or what went wrong as
+/// text (`connect: …`, `read: Connection reset by peer`).
+pub fn get(to: impl Target, path: &str) -> Result<(u16, String), String> {
+    get_within(to, path, ANSWER_WITHIN)
+}
+
+/// [`get`], giving up on an answer after `limit`.
+pub fn get_within(to: impl Target, path: &str, limit: Duration) -> Result<(u16, String), String> {
+    let addr = to.socket_addr();
+    assert!(
+        addr.ip().is_loopback(),
+        "tests talk to loopback only: {addr}"
+    );
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    let _ = conn.set_nodelay(true);
+    conn.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: rollscript-it\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
+    parse_response(&raw)
+}
+
+/// The status and body of a whole HTTP/1.x response as read from a socket.
+pub fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
 
 /// What the server does with one request.
 #[derive(Clone, Debug)]

@@ -1,21 +1,38 @@
 //! Starts real components on loopback for the integration tests and stops
 //! them by PID when the test ends, passes or fails (every handle kills its
 //! process on drop).
+//!
+//! - [`fleet`]: the one test fleet — demo/app.py instances over their own
+//!   sshd, HAProxy or nginx in front, deploy faults, load and LB sampler.
+//! - [`haproxy`], [`nginx`], [`sshd`], [`postgres`], [`moto`], [`cloud`]:
+//!   one starter per real component.
+//! - [`http`]: the one HTTP client, and a scripted HTTP server; [`backend`]:
+//!   an in-process app for the provider tests.
+//! - [`inventory`]: a fleet's rollscript.toml, to adjust and write.
+//! - [`run`], [`journal`], [`load`], [`sampler`], [`apiproxy`]: a rollscript
+//!   process, its journal, traffic through the LB, the LB watched every
+//!   10 ms, a runtime-API proxy that loses replies.
 
 #![allow(dead_code)]
 
 pub mod apiproxy;
 pub mod backend;
-pub mod faultfleet;
+#[cfg(feature = "aws")]
+pub mod cloud;
 pub mod fleet;
 pub mod haproxy;
 pub mod http;
+pub mod inventory;
+pub mod journal;
+pub mod load;
 pub mod moto;
 pub mod nginx;
 pub mod postgres;
+pub mod run;
 pub mod sampler;
 pub mod sshd;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,29 +102,110 @@ pub fn free_port(ip: &str) -> u16 {
 
 /// Waits until something accepts on `addr`, or panics naming `what`.
 pub fn wait_for_port(addr: SocketAddr, what: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{what} did not start listening on {addr} within {timeout:?}");
+    wait_until(&format!("{what} to listen on {addr}"), timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+    });
 }
 
 /// Waits until `path` exists (a unix socket, a pid file).
 pub fn wait_for_path(path: &Path, what: &str, timeout: Duration) {
+    wait_until(
+        &format!("{what} to create {}", path.display()),
+        timeout,
+        || path.exists(),
+    );
+}
+
+/// Polls `cond` every 10 ms until it holds, or panics naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if path.exists() {
-            return;
-        }
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!(
-        "{what} did not create {} within {timeout:?}",
-        path.display()
-    );
+}
+
+// ---- processes a test started but does not hold a handle to ------------------------
+
+/// (state, parent pid) from /proc/PID/stat.
+fn stat_of(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Running and not a zombie. The "remote" hosts are local sshd's, so their
+/// processes are visible here too.
+pub fn alive(pid: u32) -> bool {
+    stat_of(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X')
+}
+
+/// Live processes (this one excepted) whose command line contains `needle`
+/// (a test's own temp dir, so only processes the test started match).
+pub fn pids_naming(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (pid != me && alive(pid) && cmdline.contains(needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Every live process below `pid`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parent: BTreeMap<u32, u32> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| alive(*p))
+                .filter_map(|p| stat_of(p).map(|(_, pp)| (p, pp)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for (child, pp) in &parent {
+            if *pp == p && !out.contains(child) {
+                out.push(*child);
+                frontier.push(*child);
+            }
+        }
+    }
+    out
+}
+
+/// SIGTERM to each, up to `grace` for all to go, then SIGKILL.
+pub fn stop_pids(pids: &[u32], grace: Duration) {
+    for &p in pids {
+        // SAFETY: kill(2) on processes this test started.
+        unsafe {
+            libc::kill(p as i32, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &p in pids.iter().filter(|p| alive(**p)) {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(p as i32, libc::SIGKILL);
+        }
+    }
 }
 
 /// Finds a program on PATH or in the sbin folders Debian installs daemons to.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rollscript::config::Inventory;
 use tempfile::TempDir;
 
-use super::{find_program, free_port, Proc};
+use super::{descendants, find_program, free_port, stop_pids, Proc};
 
 /// One sshd.
 pub struct SshHost {
@@ -56,6 +56,23 @@ impl SshHost {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// Stops this sshd and every process under it (its connections and the
+    /// commands they run, which ends the ssh masters clients opened), by PID.
+    pub fn stop(&mut self) {
+        if matches!(self.proc.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let below = descendants(self.proc.pid());
+        self.proc.stop();
+        stop_pids(&below, Duration::from_secs(3));
+    }
+}
+
+impl Drop for SshHost {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
