@@ -523,6 +523,16 @@ impl Effects {
         Ok(insts.len())
     }
 
+    /// The blue/green pools taking traffic now, from the LB (a plan, which
+    /// asks nothing, assumes the first pool of `lb.pools` is live).
+    pub async fn live_pools(&self) -> ActionResult<Vec<String>> {
+        if self.is_dry_run() {
+            return Ok(self.inventory.lb.pools.keys().take(1).cloned().collect());
+        }
+        self.cancellable(self.providers.lb.live_pools(&self.inventory.instances))
+            .await
+    }
+
     pub async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
         let lb = &self.providers.lb;
         if self.record(lb.describe_switch(pool), Estimate::default()) {

@@ -235,6 +235,23 @@ pub trait LoadBalancer: Send + Sync {
     async fn stats(&self, _inst: &Instance) -> ActionResult<MemberStats> {
         Ok(MemberStats::new())
     }
+    /// The blue/green pools that take traffic now. By default: the pools
+    /// with a member in rotation (HAProxy, nginx: the idle pool is out of
+    /// rotation); ELBv2 overrides it with the listener's forward action,
+    /// since an idle target group's targets stay registered and healthy.
+    async fn live_pools(&self, fleet: &[Instance]) -> ActionResult<Vec<String>> {
+        let states = self.states(fleet).await?;
+        let mut live: Vec<String> = Vec::new();
+        for (inst, state) in fleet.iter().zip(&states) {
+            if let Some(pool) = &inst.pool {
+                if !state.out_of_rotation() && !live.contains(pool) {
+                    live.push(pool.clone());
+                }
+            }
+        }
+        live.sort();
+        Ok(live)
+    }
     /// Moves all traffic to `pool` (blue/green). Providers without pools refuse.
     async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
         Err(ActionError::new(

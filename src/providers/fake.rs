@@ -12,8 +12,7 @@ use async_trait::async_trait;
 use crate::config::Instance;
 use crate::primitives::{
     ActionError, ActionResult, Attempt, Cmd, DrainReport, ErrorKind, ExecOutput, HealthCheck,
-    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, MemberStats, Providers,
-    Transport,
+    HealthProbe, HealthReport, LbOp, LoadBalancer, MemberState, MemberStats, Providers, Transport,
 };
 
 /// Shared call log: `"deregister web-1"`, `"ssh web-2: ./deploy.sh"`, `"health web-1"`.

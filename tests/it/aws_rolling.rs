@@ -565,3 +565,172 @@ fn plan_of_the_shipped_rolling_script_lists_elbv2_steps_without_calling_aws() {
         );
     }
 }
+
+/// The listener's forward weights as (target group ARN, weight), sorted;
+/// a plain `TargetGroupArn` forward counts as weight 1.
+async fn forward_weights(aws: &aws::Cloud) -> Vec<(String, i32)> {
+    let out = aws
+        .elb
+        .describe_listeners()
+        .listener_arns(&aws.listener)
+        .send()
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for a in out.listeners()[0].default_actions() {
+        match a.forward_config() {
+            Some(f) if !f.target_groups().is_empty() => {
+                for g in f.target_groups() {
+                    rows.push((
+                        g.target_group_arn().unwrap().to_string(),
+                        g.weight().unwrap_or(1),
+                    ));
+                }
+            }
+            _ => rows.extend(a.target_group_arn().map(|t| (t.to_string(), 1))),
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn blue_green_on_elbv2_with_a_target_group_per_pool_switches_by_the_listener_and_back() {
+    let fleet = SshFleet::start(4);
+    let (port, listeners) = same_port_on_every_host(&fleet);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // h1, h2: blue, in the listener's target group; h3, h4: green, in a
+    // target group of their own that gets no traffic.
+    let (aws, ids, green) = rt.block_on(async {
+        let aws = aws::Cloud::start_with(CloudSpec {
+            net: "127.0",
+            target_group: "blue-tg",
+            alb: "bg-alb",
+            port,
+            deregistration_delay: DEREGISTRATION_DELAY,
+        })
+        .await;
+        let mut ids = Vec::new();
+        for h in &fleet.hosts {
+            ids.push(aws.instance(&aws.subnet, &h.ip, Some(&h.name)).await);
+        }
+        aws.register_healthy(&ids[..2]).await;
+        let green = aws.target_group("green-tg").await;
+        let mut register = aws.elb.register_targets().target_group_arn(&green);
+        for id in &ids[2..] {
+            register = register.targets(
+                aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
+                    .id(id)
+                    .port(i32::from(port))
+                    .build(),
+            );
+        }
+        register.send().await.unwrap();
+        (aws, ids, green)
+    });
+    // Every instance healthy on v1 before the run.
+    let servers: Vec<HttpServer> = fleet
+        .hosts
+        .iter()
+        .zip(listeners)
+        .map(|(h, l)| {
+            let file = deploy_record(dir.path(), &h.ip);
+            std::fs::write(&file, "v1\n").unwrap();
+            HttpServer::serve(l, Vec::new(), Reply::File(file))
+        })
+        .collect();
+    let cloud = Cloud {
+        aws,
+        ids: fleet
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .zip(ids.iter().cloned())
+            .collect(),
+        port,
+    };
+    let mut text = inventory_text(&fleet, &cloud, dir.path());
+    text = text.replace(
+        "poll_interval = \"200ms\"\n",
+        &format!(
+            "poll_interval = \"200ms\"\nlistener_arn = \"{}\"\n[lb.pools.blue]\ntarget_group_arn = \"{}\"\n[lb.pools.green]\ntarget_group_arn = \"{green}\"\n",
+            cloud.aws.listener, cloud.aws.tg
+        ),
+    );
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        let pool = if i < 2 { "blue" } else { "green" };
+        text = text.replace(
+            &format!("name = \"{}\"\n", h.name),
+            &format!("name = \"{}\"\npool = \"{pool}\"\n", h.name),
+        );
+    }
+    std::fs::write(dir.path().join("rollscript.toml"), &text).unwrap();
+    let script = repo().join("scripts/blue_green.rhai").display().to_string();
+    let weights = |rt: &tokio::runtime::Runtime| rt.block_on(forward_weights(&cloud.aws));
+    assert_eq!(
+        weights(&rt),
+        vec![(cloud.aws.tg.clone(), 1)],
+        "blue takes the traffic"
+    );
+
+    let out = rollscript_in(
+        dir.path(),
+        &[
+            "run",
+            &script,
+            "-i",
+            "rollscript.toml",
+            "--yes",
+            "--var",
+            "version=v2",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let ctx = format!("{stderr}\nmoto:\n{}", cloud.aws.moto.stderr());
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    let mut want = vec![(cloud.aws.tg.clone(), 0), (green.clone(), 100)];
+    want.sort();
+    assert_eq!(
+        weights(&rt),
+        want,
+        "the listener forwards to green only\n{ctx}"
+    );
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        let record = std::fs::read_to_string(deploy_record(dir.path(), &h.ip)).unwrap();
+        let expect = if i < 2 { "v1\n" } else { "v1\nv2\n" };
+        assert_eq!(record, expect, "deploys of {}\n{ctx}", h.name);
+    }
+    assert!(
+        stderr.contains("traffic on green"),
+        "the run says where the traffic is\n{ctx}"
+    );
+
+    // Back: one listener change, no deploy.
+    let back = rollscript_in(
+        dir.path(),
+        &[
+            "run",
+            &script,
+            "-i",
+            "rollscript.toml",
+            "--yes",
+            "--var",
+            "switch_back=true",
+        ],
+    );
+    let bctx = String::from_utf8_lossy(&back.stderr).to_string();
+    assert_eq!(back.status.code(), Some(0), "{bctx}");
+    let mut want = vec![(cloud.aws.tg.clone(), 100), (green.clone(), 0)];
+    want.sort();
+    assert_eq!(
+        weights(&rt),
+        want,
+        "the listener forwards to blue again\n{bctx}"
+    );
+    assert!(
+        !bctx.contains("deploy"),
+        "switch_back deploys nothing\n{bctx}"
+    );
+    drop(servers);
+}

@@ -163,9 +163,22 @@ Example: `let s = lb_stats(canary); if s.http_5xx > 0 { throw \"5xx\"; }`",
 
     let c = ctx.clone();
     func(
+        "live_pools",
+        &["Array"],
+        "The blue/green pools (`lb.pools`) taking traffic now, as the load balancer says: HAProxy and nginx, the pools with a member in rotation; ELBv2, the pools whose target group the listener forwards to. A plan assumes the first pool is live.
+Example: `let live = live_pools(); if live.len() != 1 { fail(\"invalid_argument\", `live: ${live}`); }`",
+    )
+    .register_into_engine(engine, move || -> RhaiResult<rhai::Array> {
+        c.block_on(c.effects.live_pools())
+            .map(|v| v.into_iter().map(Dynamic::from).collect())
+            .map_err(throw)
+    });
+
+    let c = ctx.clone();
+    func(
         "switch_pool",
         &["pool: String"],
-        "Sends all traffic to the instances of `pool` in one step (blue/green): HAProxy switches backends by weight, nginx swaps the upstream include, ELBv2 rewrites the listener's forward action.
+        "Sends all traffic to the instances of `pool` in one step (blue/green), once the load balancer's own checks report the pool healthy (waits up to `lb.register_timeout`; refuses, changing nothing, when none of it came up): HAProxy `ready` for the pool and `drain` for the others in one write, nginx one rewrite of the upstream and one reload, ELBv2 the listener's forward action (100 to the pool's target group, 0 to the others).
 Example: `switch_pool(\"green\");`",
     )
     .register_into_engine(engine, move |pool: &str| -> RhaiResult<()> {

@@ -142,6 +142,7 @@ impl ElbV2 {
             name: inst.name.clone(),
             id,
             port: self.port_of(inst),
+            group: self.group_of(inst).to_string(),
         })
     }
 
@@ -245,7 +246,7 @@ impl ElbV2 {
     /// inventory name and unique among them, else after its instance id; its
     /// `port` is set only when it differs from the inventory's traffic port.
     pub async fn discover(&self) -> ActionResult<Vec<Instance>> {
-        let listed = self.describe_health(None).await?;
+        let listed = self.describe_health(&self.target_group_arn, None).await?;
         let mut ports: BTreeMap<String, Option<u16>> = BTreeMap::new();
         for l in &listed {
             ports.entry(l.id.clone()).or_insert(l.port);
@@ -337,6 +338,8 @@ pub(super) struct Target {
     pub(super) name: String,
     pub(super) id: String,
     pub(super) port: u16,
+    /// The target group it belongs to: its pool's, else `lb.target_group_arn`.
+    pub(super) group: String,
 }
 
 impl Target {

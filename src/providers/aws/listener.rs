@@ -68,6 +68,56 @@ impl ElbV2 {
     }
 }
 
+impl ElbV2 {
+    /// The target groups the listener's forward action sends traffic to,
+    /// with their weights (a plain `TargetGroupArn` forward is weight 1).
+    pub(super) async fn forward_weights(&self) -> ActionResult<Vec<(String, u32)>> {
+        let Some(listener) = self.listener_arn.as_deref() else {
+            return Err(ActionError::new(
+                ErrorKind::Lb,
+                "lb.listener_arn is not set: with one target group per pool, the live pool is \
+                 the one the listener forwards to; add the listener's ARN",
+            ));
+        };
+        let described = self
+            .clients()
+            .await
+            .elb
+            .describe_listeners()
+            .listener_arns(listener)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeListeners", "listener", listener, e))?;
+        let actions = described
+            .listeners()
+            .first()
+            .map(|l| l.default_actions().to_vec())
+            .unwrap_or_default();
+        Ok(forwarded(&actions))
+    }
+}
+
+/// `(target group, weight)` of the forward default action(s).
+fn forwarded(actions: &[Action]) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for a in actions
+        .iter()
+        .filter(|a| a.r#type() == Some(&ActionTypeEnum::Forward))
+    {
+        match a.forward_config().map(|f| f.target_groups()) {
+            Some(groups) if !groups.is_empty() => {
+                for g in groups {
+                    if let Some(arn) = g.target_group_arn() {
+                        out.push((arn.to_string(), g.weight().unwrap_or(1).max(0) as u32));
+                    }
+                }
+            }
+            _ => out.extend(a.target_group_arn().map(|arn| (arn.to_string(), 1))),
+        }
+    }
+    out
+}
+
 /// `current` default actions with the forward action's target groups
 /// replaced by `weights`; Err(the action types found) when there is none.
 fn with_forward_weights(

@@ -144,8 +144,85 @@ impl ElbV2 {
         Subject {
             name: &t.name,
             id: &t.id,
-            target_group: &self.target_group_arn,
+            target_group: &t.group,
         }
+    }
+
+    /// Waits (≤ lb.register_timeout) until ELBv2's own checks report every
+    /// target of `pool`'s group healthy; refuses when none is by then.
+    async fn wait_pool_healthy(&self, pool: &str, group: &str) -> ActionResult<()> {
+        let started = Instant::now();
+        let deadline = started + self.inv.lb.register_timeout;
+        let mut poll = self.poll();
+        loop {
+            let listed = self.describe_health(group, None).await?;
+            let healthy = listed
+                .iter()
+                .filter(|l| l.status.member_state() == MemberState::InService)
+                .count();
+            if !listed.is_empty() && healthy == listed.len() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if healthy > 0 {
+                    tracing::warn!(
+                        "switching to pool {pool} with {healthy} of its {} targets healthy after {}",
+                        listed.len(),
+                        format_duration(started.elapsed())
+                    );
+                    return Ok(());
+                }
+                return Err(ActionError::new(
+                    ErrorKind::HealthFailed,
+                    format!(
+                        "refusing to switch to pool {pool}: after {} ELBv2 reports none of the {} target(s) of {} healthy; nothing was changed",
+                        format_duration(started.elapsed()),
+                        listed.len(),
+                        short_arn(group)
+                    ),
+                ));
+            }
+            poll.pause(now, deadline).await;
+        }
+    }
+
+    /// The target group `inst` belongs to: its pool's own
+    /// (`lb.pools.<pool>.target_group_arn`, blue/green), else `lb.target_group_arn`.
+    fn group_of(&self, inst: &Instance) -> &str {
+        inst.pool
+            .as_ref()
+            .and_then(|p| self.inv.lb.pools.get(p))
+            .and_then(|p| p.target_group_arn.as_deref())
+            .unwrap_or(&self.target_group_arn)
+    }
+
+    /// DescribeTargetHealth once per target group `fleet` spans; for each
+    /// instance, its id and what its group lists for it (None: not a target).
+    async fn listed(
+        &self,
+        fleet: &[Instance],
+    ) -> ActionResult<Vec<(String, Option<waits::Listed>)>> {
+        let ids = self.resolve_ids(fleet).await?;
+        let mut by_group: BTreeMap<&str, Vec<waits::Listed>> = BTreeMap::new();
+        for inst in fleet {
+            let g = self.group_of(inst);
+            if !by_group.contains_key(g) {
+                by_group.insert(g, self.describe_health(g, None).await?);
+            }
+        }
+        Ok(fleet
+            .iter()
+            .zip(ids)
+            .map(|(inst, id)| {
+                let port = self.port_of(inst);
+                let found = by_group[self.group_of(inst)]
+                    .iter()
+                    .find(|l| l.id == id && l.port.is_none_or(|p| p == port))
+                    .cloned();
+                (id, found)
+            })
+            .collect())
     }
 }
 
@@ -156,7 +233,7 @@ impl LoadBalancer for ElbV2 {
     }
 
     fn describe(&self, op: LbOp, inst: &Instance) -> String {
-        let tg = short_arn(&self.target_group_arn);
+        let tg = short_arn(self.group_of(inst));
         let who = self.label(inst);
         match op {
             LbOp::Deregister => {
@@ -184,7 +261,7 @@ impl LoadBalancer for ElbV2 {
             .await
             .elb
             .deregister_targets()
-            .target_group_arn(&self.target_group_arn)
+            .target_group_arn(&t.group)
             .targets(t.description())
             .send()
             .await;
@@ -205,7 +282,7 @@ impl LoadBalancer for ElbV2 {
         // part of the wait, else the "time saved" would be overstated by it.
         let started = Instant::now();
         let t = self.target(inst).await?;
-        let configured_delay = self.deregistration_delay().await;
+        let configured_delay = self.deregistration_delay(&t.group).await;
         let source = LiveTarget {
             lb: self,
             target: &t,
@@ -233,7 +310,7 @@ impl LoadBalancer for ElbV2 {
             .await
             .elb
             .register_targets()
-            .target_group_arn(&self.target_group_arn)
+            .target_group_arn(&t.group)
             .targets(t.description())
             .send()
             .await
@@ -275,31 +352,26 @@ impl LoadBalancer for ElbV2 {
         Ok(self.health_of(&t).await?.member_state())
     }
 
-    /// One DescribeTargetHealth for the whole target group (and EC2 lookups
-    /// for instances known only by address, cached).
+    /// One DescribeTargetHealth per target group (and EC2 lookups for
+    /// instances known only by address, cached).
     async fn states(&self, fleet: &[Instance]) -> ActionResult<Vec<MemberState>> {
         if fleet.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = self.resolve_ids(fleet).await?;
-        let listed = self.describe_health(None).await?;
-        Ok(fleet
-            .iter()
-            .zip(&ids)
-            .map(|(inst, id)| {
-                let port = self.port_of(inst);
-                listed
-                    .iter()
-                    .find(|l| &l.id == id && l.port.is_none_or(|p| p == port))
-                    .map(|l| l.status.member_state())
-                    .unwrap_or(MemberState::OutOfService)
-            })
+        Ok(self
+            .listed(fleet)
+            .await?
+            .into_iter()
+            .map(|(_, l)| l.map_or(MemberState::OutOfService, |l| l.status.member_state()))
             .collect())
     }
 
     async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
         let states = self.states(fleet).await?;
-        Ok(states.iter().filter(|s| **s == MemberState::InService).count())
+        Ok(states
+            .iter()
+            .filter(|s| **s == MemberState::InService)
+            .count())
     }
 
     fn state_word(&self, state: &MemberState) -> String {
@@ -317,23 +389,16 @@ impl LoadBalancer for ElbV2 {
         if fleet.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = self.resolve_ids(fleet).await?;
-        let listed = self.describe_health(None).await?;
         Ok(fleet
             .iter()
-            .zip(&ids)
-            .filter(|(inst, id)| {
-                let port = self.port_of(inst);
-                !listed
-                    .iter()
-                    .any(|l| &l.id == *id && l.port.is_none_or(|p| p == port))
-            })
-            .map(|(inst, id)| {
+            .zip(self.listed(fleet).await?)
+            .filter(|(_, (_, listed))| listed.is_none())
+            .map(|(inst, (id, _))| {
                 format!(
                     "{}: instance {id} (port {}) is not a target of target group {}: register it, or remove it from the inventory (if a killed rollscript run took it out, `rollscript recover` puts it back)",
                     inst.name,
                     self.port_of(inst),
-                    self.target_group_arn
+                    self.group_of(inst)
                 )
             })
             .collect())
@@ -345,7 +410,7 @@ impl LoadBalancer for ElbV2 {
     /// `targets_draining`, `targets_total` for the whole target group.
     async fn stats(&self, inst: &Instance) -> ActionResult<MemberStats> {
         let t = self.target(inst).await?;
-        let listed = self.describe_health(None).await?;
+        let listed = self.describe_health(&t.group, None).await?;
         let mut stats = MemberStats::new();
         for key in ["healthy", "initial", "unhealthy", "draining"] {
             stats.insert(format!("targets_{key}"), 0.0);
@@ -369,6 +434,19 @@ impl LoadBalancer for ElbV2 {
         Ok(stats)
     }
 
+    /// The pools whose target group the listener forwards to (weight > 0).
+    async fn live_pools(&self, _fleet: &[Instance]) -> ActionResult<Vec<String>> {
+        let forwarded = self.forward_weights().await?;
+        let mut live: Vec<String> = self
+            .pool_groups()
+            .into_iter()
+            .filter(|(_, arn)| forwarded.iter().any(|(a, w)| a == arn && *w > 0))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        live.sort();
+        Ok(live)
+    }
+
     async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
         let groups = self.pool_groups();
         if !groups.contains_key(pool) {
@@ -385,6 +463,7 @@ impl LoadBalancer for ElbV2 {
                 ),
             ));
         }
+        self.wait_pool_healthy(pool, groups[pool]).await?;
         let mut weights: Vec<(String, u32)> = Vec::new();
         for (name, arn) in &groups {
             let w = if *name == pool { 100 } else { 0 };

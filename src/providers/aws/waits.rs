@@ -11,26 +11,32 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::clients::Target;
+use super::errors;
 use super::ElbV2;
 use crate::config::format_duration;
 use crate::primitives::{ActionError, ActionResult, ErrorKind, MemberState};
 use crate::providers::poll::Backoff;
 
 impl ElbV2 {
-    /// DescribeTargetHealth for one target, or (`None`) every target the
-    /// group lists: registered, initial, unhealthy and draining ones.
-    pub(super) async fn describe_health(&self, one: Option<&Target>) -> ActionResult<Vec<Listed>> {
+    /// DescribeTargetHealth of target group `group` for one target, or
+    /// (`None`) every target the group lists: registered, initial, unhealthy
+    /// and draining ones.
+    pub(super) async fn describe_health(
+        &self,
+        group: &str,
+        one: Option<&Target>,
+    ) -> ActionResult<Vec<Listed>> {
         let out = self
             .clients()
             .await
             .elb
             .describe_target_health()
-            .target_group_arn(&self.target_group_arn)
+            .target_group_arn(group)
             .set_targets(one.map(|t| vec![t.description()]))
             .send()
             .await
             .map_err(|e| {
-                let err = self.sdk_error("DescribeTargetHealth", e);
+                let err = errors::sdk_error("DescribeTargetHealth", "target group", group, e);
                 match one {
                     Some(t) => err.host(t.name.clone()),
                     None => err,
@@ -46,7 +52,7 @@ impl ElbV2 {
     /// The health of one target; a target the group does not list is `Absent`.
     pub(super) async fn health_of(&self, t: &Target) -> ActionResult<TargetStatus> {
         Ok(self
-            .describe_health(Some(t))
+            .describe_health(&t.group, Some(t))
             .await?
             .into_iter()
             .find(|l| l.id == t.id && l.port.is_none_or(|p| p == t.port))
@@ -56,13 +62,13 @@ impl ElbV2 {
 
     /// The deregistration delay the target group is configured with, for the
     /// drain report. Only informative: a failure to read it is logged.
-    pub(super) async fn deregistration_delay(&self) -> Option<Duration> {
+    pub(super) async fn deregistration_delay(&self, group: &str) -> Option<Duration> {
         let read = self
             .clients()
             .await
             .elb
             .describe_target_group_attributes()
-            .target_group_arn(&self.target_group_arn)
+            .target_group_arn(group)
             .send()
             .await;
         match read {
@@ -76,7 +82,8 @@ impl ElbV2 {
             Err(e) => {
                 warn!(
                     "{}",
-                    self.sdk_error("DescribeTargetGroupAttributes", e).message
+                    errors::sdk_error("DescribeTargetGroupAttributes", "target group", group, e)
+                        .message
                 );
                 None
             }

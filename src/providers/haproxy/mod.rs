@@ -321,7 +321,10 @@ impl LoadBalancer for HaproxyLb {
 
     async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
         let states = self.states(fleet).await?;
-        Ok(states.iter().filter(|s| **s == MemberState::InService).count())
+        Ok(states
+            .iter()
+            .filter(|s| **s == MemberState::InService)
+            .count())
     }
 
     fn state_word(&self, state: &MemberState) -> String {
@@ -348,7 +351,11 @@ impl LoadBalancer for HaproxyLb {
                 by_backend.insert(backend, self.servers(backend).await?);
             }
             let rows = &by_backend[backend];
-            let here = format!("{}:{}", host_for_url(&inst.host), self.inv.traffic_port(inst));
+            let here = format!(
+                "{}:{}",
+                host_for_url(&inst.host),
+                self.inv.traffic_port(inst)
+            );
             let row = match rows.iter().find(|r| r.server == inst.name) {
                 Some(row) if !self.at(inst, row).await => {
                     problems.push(format!(

@@ -488,7 +488,10 @@ impl LoadBalancer for NginxLb {
 
     async fn in_service_count(&self, fleet: &[Instance]) -> ActionResult<usize> {
         let states = self.states(fleet).await?;
-        Ok(states.iter().filter(|s| **s == MemberState::InService).count())
+        Ok(states
+            .iter()
+            .filter(|s| **s == MemberState::InService)
+            .count())
     }
 
     fn state_word(&self, state: &MemberState) -> String {
