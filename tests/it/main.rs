@@ -9,6 +9,7 @@ mod cli;
 mod corpus;
 mod customising;
 mod faults;
+mod gates;
 mod haproxy;
 mod health;
 mod install;

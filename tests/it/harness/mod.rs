@@ -28,6 +28,7 @@ pub mod load;
 pub mod moto;
 pub mod nginx;
 pub mod postgres;
+pub mod prometheus;
 pub mod run;
 pub mod sampler;
 pub mod sshd;
