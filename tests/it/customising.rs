@@ -154,3 +154,148 @@ fn the_custom_rolling_plan_lists_the_steps_in_the_documented_order() {
         );
     }
 }
+
+// ---- a copy of scripts/rolling.rhai, edited as the guide says ---------------
+
+use std::time::Duration;
+
+use crate::harness::fleet::{FleetSpec, LbKind};
+use crate::harness::one_fleet_at_a_time;
+use crate::harness::run::Running;
+
+/// `scripts/rolling.rhai` with the guide's two-line edit: `smoke` (a local
+/// command) between `health` and `register`.
+fn rolling_with_smoke_test(smoke: &str) -> String {
+    let shipped = read("scripts/rolling.rhai");
+    let anchor = "    register(inst);";
+    assert_eq!(
+        shipped.matches(anchor).count(),
+        1,
+        "one register step to insert before"
+    );
+    shipped.replace(
+        anchor,
+        &format!(
+            "    // Our smoke test, from this machine, while the instance gets no traffic.\n    local([{smoke:?}, inst.host, version]);\n{anchor}"
+        ),
+    )
+}
+
+#[test]
+fn a_copy_of_rolling_with_a_smoke_test_keeps_batches_and_max_failures_on_a_real_haproxy() {
+    let _one = one_fleet_at_a_time();
+    let fleet = FleetSpec::new(LbKind::Haproxy, 4).start();
+    // The smoke test records each host it ran on, and fails on web-3's.
+    let web3 = fleet.instances[2].ip.clone();
+    let smoke = fleet.path("smoke.sh");
+    let log = fleet.path("smoke.log");
+    std::fs::write(
+        &smoke,
+        format!(
+            "#!/bin/sh\necho \"$1 $2\" >> {}\n[ \"$1\" != {web3} ] || {{ echo 'smoke: /checkout answered 500' >&2; exit 1; }}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&smoke, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = fleet.path("our_rolling.rhai");
+    std::fs::write(
+        &script,
+        rolling_with_smoke_test(&smoke.display().to_string()),
+    )
+    .unwrap();
+    let inv = fleet
+        .inventory()
+        .min_in_service(2)
+        .write(&fleet.path("rollscript.toml"));
+    let (script_s, inv_s) = (script.display().to_string(), inv.display().to_string());
+
+    // The plan: the smoke test of each instance after its health check and
+    // before its `ready`.
+    let plan = rollscript()
+        .current_dir(repo())
+        .args([
+            "plan",
+            &script_s,
+            "-i",
+            &inv_s,
+            "--var",
+            "batch=2",
+            "--var",
+            "version=v2",
+        ])
+        .output()
+        .unwrap();
+    let plan_out = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(
+        plan.status.success(),
+        "{plan_out}{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    for i in &fleet.instances {
+        let pos = |needle: &str| {
+            plan_out
+                .lines()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in the plan:\n{plan_out}"))
+        };
+        let smoke_at = pos(&format!("smoke.sh {} v2", i.ip));
+        let health_at = pos(&format!("http GET http://{}:{}/health", i.ip, i.port));
+        let ready_at = pos(&format!("{}: ready", i.name));
+        assert!(
+            health_at < smoke_at && smoke_at < ready_at,
+            "{}: health ({health_at}) < smoke ({smoke_at}) < ready ({ready_at})\n{plan_out}",
+            i.name
+        );
+    }
+
+    // The run: batches of two (two out at once, never three: min 2 of 4),
+    // web-3's failed smoke test tolerated by max_failures = 1 and
+    // compensated, web-4 still deployed.
+    let sampler = fleet.sampler();
+    let run = Running::start(&[
+        "run",
+        &script_s,
+        "-i",
+        &inv_s,
+        "--yes",
+        "--var",
+        "batch=2",
+        "--var",
+        "max_failures=1",
+        "--var",
+        "version=v2",
+    ])
+    .wait(Duration::from_secs(180));
+    let lb = sampler.stop();
+    let ctx = format!("{}\n--- lb\n{}", run.dump(), lb.render());
+    assert_eq!(run.code, Some(1), "{ctx}");
+    assert!(
+        run.stderr
+            .contains("rolling deploy finished with 1 failure(s) within max_failures: [\"web-3\"]"),
+        "{ctx}"
+    );
+    assert_eq!(
+        lb.min_in_service(),
+        2,
+        "two instances out at once, never three\n{ctx}"
+    );
+    let versions = fleet.versions();
+    let v: Vec<&str> = versions.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(
+        v,
+        ["v2", "v2", "v1", "v2"],
+        "web-3 rolled back, the others updated\n{ctx}"
+    );
+    assert!(
+        fleet.lb_states().iter().all(|(_, s)| s == "UP"),
+        "every server back UP: {:?}\n{ctx}",
+        fleet.lb_states()
+    );
+    let smoked = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        smoked.lines().count(),
+        4,
+        "one smoke test per instance:\n{smoked}"
+    );
+}
