@@ -535,10 +535,16 @@ impl Effects {
 
     pub async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
         let lb = &self.providers.lb;
-        if self.record(lb.describe_switch(pool), Estimate::default()) {
+        let bound = self.inventory.lb.register_timeout;
+        // The provider first waits for its own checks to pass on the pool.
+        let text = format!(
+            "{}, once the LB reports pool {pool} healthy (≤ {})",
+            lb.describe_switch(pool),
+            format_duration(bound)
+        );
+        if self.record(text.clone(), Estimate::new(TYPICAL_REGISTER.min(bound), bound)) {
             return Ok(());
         }
-        let text = lb.describe_switch(pool);
         info!(step = "switch", "{text}");
         self.act("switch_pool", None, &text, lb.switch_pool(pool))
             .await
