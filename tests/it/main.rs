@@ -13,4 +13,5 @@ mod haproxy;
 mod health;
 mod nginx;
 mod ssh;
+mod state;
 mod strategies;
