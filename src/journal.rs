@@ -1,19 +1,34 @@
-//! The run journal: one JSON-lines file per run under `.rollscript/runs/`,
-//! flushed and fsynced at every record, so a run killed at any instant leaves
-//! a record of exactly which effects it started and which it finished.
+//! The run journal: one JSON-lines file per run under `.rollscript/runs/`
+//! (0600, in a 0700 folder), fsynced at every record, so a run killed at any
+//! instant leaves a record of exactly which effects it started and which it
+//! finished. With a shared state backend every record is also stored there
+//! ([`crate::state::JournalMirror`]) before the effect.
 //!
-//! `rollscript recover` reads it back to decide which instances a dead run
-//! left out of service; `rollscript runs` lists and shows runs.
+//! Durable or nothing: an intent that cannot be written and fsynced (and
+//! mirrored) is an error, and the effects layer does not act. Once one has
+//! failed the run is stopping; from then on the steps that only put back
+//! what an earlier record says is out (health, register, the in-service
+//! wait, weights reset) may go ahead unrecorded — recovery never relies on
+//! their records — while every other step is still refused. A mirror that
+//! fails once is dropped: the run stops and compensates from the local file.
+//!
+//! `rollscript recover` reads journals back to decide which instances a dead
+//! run left out of service; `rollscript runs` lists and shows runs.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lock::{create_private_dir, sync_dir};
 use crate::primitives::ActionError;
+use crate::state::JournalMirror;
+
+pub use crate::redact::redact;
 
 /// One line of the journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +45,20 @@ pub enum Record {
         host: String,
         pid: u32,
         args: Vec<String>,
+        /// The inventory's fingerprint ([`crate::state::Identity`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
+        /// The inventory file, canonical.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory_path: Option<String>,
+        /// The script, canonical: `recover` compiles it for its `on_compensate`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        script_path: Option<String>,
+        /// The process's boot and start (see [`crate::lock::Holder`]).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        boot_id: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        proc_start: u64,
     },
     /// Written before an effect acts.
     Intent {
@@ -71,13 +100,18 @@ pub enum Record {
     },
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 pub fn now() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
-/// `.rollscript/` beside the inventory: one state folder per inventory.
+/// `.rollscript/` beside the inventory: the local state of the inventories
+/// in that folder.
 pub fn state_dir(inventory: &Path) -> PathBuf {
     let dir = inventory
         .parent()
@@ -90,54 +124,98 @@ pub fn runs_dir(inventory: &Path) -> PathBuf {
     state_dir(inventory).join("runs")
 }
 
+/// Run ids handed out by this process (two runs within a second: tests,
+/// `recover` then `run`).
+static ISSUED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A new run id, `<UTC time>-<pid>`, unique in `runs_dir` and this process.
+pub fn new_run_id(inventory: &Path) -> String {
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_default();
+    let base = format!("{stamp}-{}", std::process::id());
+    let dir = runs_dir(inventory);
+    let mut issued = ISSUED.lock().unwrap();
+    let mut n = 0;
+    loop {
+        let run = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}.{n}")
+        };
+        if !issued.contains(&run) && !dir.join(format!("{run}.jsonl")).exists() {
+            issued.push(run.clone());
+            return run;
+        }
+        n += 1;
+    }
+}
+
+/// The run id of a journal file (its stem).
+pub fn run_id_of(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The steps that only put back what an earlier record says is out.
+fn restores(op: &str) -> bool {
+    matches!(
+        op,
+        "health" | "register" | "wait_in_service" | "reset_weights"
+    )
+}
+
+struct Inner {
+    file: File,
+    /// Records written (the next line number of the mirror).
+    lines: u64,
+}
+
 /// An open journal of the current run.
 pub struct Journal {
     pub run: String,
     pub path: PathBuf,
-    file: Mutex<File>,
+    inner: Mutex<Inner>,
     seq: AtomicU64,
+    mirror: Mutex<Option<Arc<dyn JournalMirror>>>,
+    /// Why the mirror was dropped.
+    mirror_lost: Mutex<Option<String>>,
+    /// Why an intent could not be written: the run is stopping.
+    stopped: Mutex<Option<String>>,
 }
 
 impl Journal {
-    /// Creates `runs/<id>.jsonl` and writes the run-start record.
-    pub fn create(inventory: &Path, start: impl FnOnce(&str) -> Record) -> std::io::Result<Self> {
+    /// Creates `runs/<run>.jsonl` (and its folders, 0700) and writes the
+    /// run-start record, locally and to `mirror`.
+    pub fn create(
+        inventory: &Path,
+        run: &str,
+        start: &Record,
+        mirror: Option<Arc<dyn JournalMirror>>,
+    ) -> std::io::Result<Self> {
         let dir = runs_dir(inventory);
-        std::fs::create_dir_all(&dir)?;
-        let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second]Z"
-            ))
-            .unwrap_or_default();
-        let base = format!("{stamp}-{}", std::process::id());
-        // Two runs from one process within a second (tests, `recover` then
-        // `run`) get a suffix rather than sharing a journal.
-        let mut n = 0;
-        let (run, path, file) = loop {
-            let run = if n == 0 {
-                base.clone()
-            } else {
-                format!("{base}.{n}")
-            };
-            let path = dir.join(format!("{run}.jsonl"));
-            match OpenOptions::new().create_new(true).append(true).open(&path) {
-                Ok(file) => break (run, path, file),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-                Err(e) => return Err(e),
-            }
-        };
-        let j = Self {
-            run: run.clone(),
-            path,
-            file: Mutex::new(file),
-            seq: AtomicU64::new(0),
-        };
-        j.write(&start(&run))?;
+        create_private_dir(&dir)?;
+        let path = dir.join(format!("{run}.jsonl"));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        sync_dir(&dir)?;
+        let j = Self::open(run, path, file, 0, 0, mirror);
+        j.write(start)?;
         Ok(j)
     }
 
-    /// Opens an existing journal to add records (`recover`).
-    pub fn append(path: &Path) -> std::io::Result<Self> {
-        let records = read(path)?;
+    /// Opens an existing journal to add records (`recover`). The mirror
+    /// first gets the records it lacks (written while it was unreachable).
+    pub fn append(path: &Path, mirror: Option<Arc<dyn JournalMirror>>) -> std::io::Result<Self> {
+        let lines = read_lines(path)?;
+        let records = parse_lines(lines.iter().map(String::as_str));
         let last_seq = records
             .iter()
             .filter_map(|r| match r {
@@ -146,41 +224,128 @@ impl Journal {
             })
             .max()
             .unwrap_or(0);
-        let run = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let run = run_id_of(path);
+        if let Some(m) = &mirror {
+            let have = m.count(&run).map_err(std::io::Error::other)?;
+            for (n, line) in lines.iter().enumerate().skip(have as usize) {
+                m.append(&run, n as u64, line)
+                    .map_err(std::io::Error::other)?;
+            }
+        }
         let file = OpenOptions::new().append(true).open(path)?;
-        Ok(Self {
-            run,
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
-            seq: AtomicU64::new(last_seq),
-        })
+        Ok(Self::open(
+            &run,
+            path.to_path_buf(),
+            file,
+            lines.len() as u64,
+            last_seq,
+            mirror,
+        ))
     }
 
-    /// Appends `record` and makes it durable before returning: the record of
-    /// an intent must exist before the effect can happen.
+    /// Makes `lines` (a run stored elsewhere) this machine's local journal
+    /// of `run`, unless the local one already has as many, and opens it.
+    pub fn adopt(
+        inventory: &Path,
+        run: &str,
+        lines: &[String],
+        mirror: Option<Arc<dyn JournalMirror>>,
+    ) -> std::io::Result<Self> {
+        let dir = runs_dir(inventory);
+        create_private_dir(&dir)?;
+        let path = dir.join(format!("{run}.jsonl"));
+        let have = read_lines(&path).map(|l| l.len()).unwrap_or(0);
+        if have < lines.len() {
+            let tmp = dir.join(format!(".{run}.jsonl.{}", std::process::id()));
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            for l in lines {
+                f.write_all(l.as_bytes())?;
+                f.write_all(b"\n")?;
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_dir(&dir)?;
+        }
+        Self::append(&path, mirror)
+    }
+
+    fn open(
+        run: &str,
+        path: PathBuf,
+        file: File,
+        lines: u64,
+        seq: u64,
+        mirror: Option<Arc<dyn JournalMirror>>,
+    ) -> Self {
+        Self {
+            run: run.to_string(),
+            path,
+            inner: Mutex::new(Inner { file, lines }),
+            seq: AtomicU64::new(seq),
+            mirror: Mutex::new(mirror),
+            mirror_lost: Mutex::new(None),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    /// Appends `record` and makes it durable before returning — fsynced
+    /// locally, then stored by the mirror: the record of an intent must
+    /// exist before the effect can happen.
     pub fn write(&self, record: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_string(record).expect("records serialise");
-        line.push('\n');
-        let mut f = self.file.lock().unwrap();
-        f.write_all(line.as_bytes())?;
-        f.sync_data()
+        let line = serde_json::to_string(record).expect("records serialise");
+        // One writer at a time end to end, so the mirror's line numbers are
+        // the file's.
+        let mut inner = self.inner.lock().unwrap();
+        inner.file.write_all(format!("{line}\n").as_bytes())?;
+        inner.file.sync_data()?;
+        let n = inner.lines;
+        inner.lines += 1;
+        let mirror = self.mirror.lock().unwrap().clone();
+        if let Some(m) = mirror {
+            if let Err(e) = m.append(&self.run, n, &line) {
+                let why = format!("shared state lost: {}: {e}", m.describe());
+                *self.mirror.lock().unwrap() = None;
+                *self.mirror_lost.lock().unwrap() = Some(why.clone());
+                return Err(std::io::Error::other(why));
+            }
+        }
+        Ok(())
     }
 
     /// Records an intent; returns its sequence number for [`Self::result`].
-    pub fn intent(&self, op: &str, instance: Option<&str>, text: &str) -> u64 {
+    /// An error means the effect must not happen (see the module doc).
+    pub fn intent(&self, op: &str, instance: Option<&str>, text: &str) -> std::io::Result<u64> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        self.best_effort(&Record::Intent {
+        let record = Record::Intent {
             seq,
             at: now(),
             op: op.to_string(),
             instance: instance.map(String::from),
             text: redact(text),
-        });
-        seq
+        };
+        match self.write(&record) {
+            Ok(()) => Ok(seq),
+            Err(e) if self.stopped().is_some() && restores(op) => {
+                tracing::error!(
+                    "cannot write journal {}: {} — {op} goes ahead unrecorded: it only puts back what the journal says is out",
+                    self.path.display(),
+                    io_text(&e)
+                );
+                Ok(seq)
+            }
+            Err(e) => {
+                self.stopped
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| io_text(&e));
+                Err(e)
+            }
+        }
     }
 
     pub fn result(&self, seq: u64, duration: std::time::Duration, err: Option<&ActionError>) {
@@ -194,92 +359,64 @@ impl Journal {
         });
     }
 
-    /// A journal that cannot be written is loud but does not abort a deploy
-    /// halfway (which would be worse); it is checked at creation.
+    /// For records that follow an effect (results, compensation, the run's
+    /// end): a failure is loud but cannot un-happen the effect.
     pub fn best_effort(&self, record: &Record) {
         if let Err(e) = self.write(record) {
-            tracing::error!("cannot write journal {}: {e}", self.path.display());
+            tracing::error!(
+                "cannot write journal {}: {}",
+                self.path.display(),
+                io_text(&e)
+            );
         }
+    }
+
+    /// Why an intent could not be written (the run stopped), if one could not.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.lock().unwrap().clone()
+    }
+
+    /// Why the shared copy was dropped, if it was.
+    pub fn mirror_lost(&self) -> Option<String> {
+        self.mirror_lost.lock().unwrap().clone()
     }
 }
 
-/// Masks secrets that may appear in command lines or errors: passwords in
-/// URLs (`postgres://user:secret@db`) and AWS keys.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    // user:password@ inside a URL authority.
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let authority_end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon]);
-                out.push_str(":***");
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[authority_end..];
+/// An io error without Rust's "(os error 28)" suffix:
+/// `No space left on device`.
+pub fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
-    out.push_str(rest);
-    redact_aws_keys(&out)
-}
-
-fn redact_aws_keys(text: &str) -> String {
-    // Access key ids: AKIA/ASIA + 16 upper-case alphanumerics.
-    let mut out = String::with_capacity(text.len());
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let is_key = i + 20 <= bytes.len()
-            && (text[i..].starts_with("AKIA") || text[i..].starts_with("ASIA"))
-            && bytes[i + 4..i + 20]
-                .iter()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-        if is_key {
-            out.push_str(&text[i..i + 4]);
-            out.push_str("****************");
-            i += 20;
-        } else {
-            let ch = text[i..].chars().next().unwrap();
-            out.push(ch);
-            i += ch.len_utf8();
-        }
-    }
-    // Secret keys after an obvious name.
-    for name in ["AWS_SECRET_ACCESS_KEY=", "aws_secret_access_key="] {
-        if let Some(pos) = out.find(name) {
-            let start = pos + name.len();
-            let end = out[start..]
-                .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
-                .map(|e| start + e)
-                .unwrap_or(out.len());
-            out.replace_range(start..end, "***");
-        }
-    }
-    out
 }
 
 /// Reads every record of a journal; a torn last line (power loss mid-write)
 /// is ignored rather than fatal.
 pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
+    Ok(parse_lines(read_lines(path)?.iter().map(String::as_str)))
+}
+
+/// The non-blank lines of a journal, as written.
+pub fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
     let f = File::open(path)?;
     let mut out = Vec::new();
     for line in BufReader::new(f).lines() {
         let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Ok(r) = serde_json::from_str::<Record>(&line) {
-            out.push(r);
+        if !line.trim().is_empty() {
+            out.push(line);
         }
     }
     Ok(out)
+}
+
+/// Records of journal lines; lines that are no record (torn) are skipped.
+pub fn parse_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Record> {
+    lines
+        .into_iter()
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+        .collect()
 }
 
 /// Every journal under `inventory`'s state folder, oldest first.
@@ -295,23 +432,6 @@ pub fn list(inventory: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The journal of run `id` (or a unique prefix of it).
-pub fn find(inventory: &Path, id: &str) -> Option<PathBuf> {
-    let matches: Vec<PathBuf> = list(inventory)
-        .into_iter()
-        .filter(|p| {
-            p.file_stem()
-                .and_then(|s| s.to_str())
-                .is_some_and(|s| s.starts_with(id))
-        })
-        .collect();
-    if matches.len() == 1 {
-        matches.into_iter().next()
-    } else {
-        None
-    }
-}
-
 /// What a journal says about its run.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
@@ -321,6 +441,15 @@ pub struct Summary {
     pub inventory: String,
     pub pid: u32,
     pub host: String,
+    pub user: String,
+    pub args: Vec<String>,
+    pub script_sha256: String,
+    pub inventory_sha256: String,
+    pub identity: Option<String>,
+    pub inventory_path: Option<String>,
+    pub script_path: Option<String>,
+    pub boot_id: String,
+    pub proc_start: u64,
     /// None while unfinished (running, or killed).
     pub outcome: Option<String>,
     /// Instances whose removal from the LB was started and not undone, in order.
@@ -370,17 +499,34 @@ pub fn summarise(records: &[Record]) -> Summary {
                 run,
                 at,
                 script,
+                script_sha256,
                 inventory,
-                pid,
+                inventory_sha256,
+                user,
                 host,
-                ..
+                pid,
+                args,
+                identity,
+                inventory_path,
+                script_path,
+                boot_id,
+                proc_start,
             } => {
                 s.run = run.clone();
                 s.started = at.clone();
                 s.script = script.clone();
+                s.script_sha256 = script_sha256.clone();
                 s.inventory = inventory.clone();
+                s.inventory_sha256 = inventory_sha256.clone();
+                s.user = user.clone();
                 s.pid = *pid;
                 s.host = host.clone();
+                s.args = args.clone();
+                s.identity = identity.clone();
+                s.inventory_path = inventory_path.clone();
+                s.script_path = script_path.clone();
+                s.boot_id = boot_id.clone();
+                s.proc_start = *proc_start;
             }
             Record::Intent {
                 seq, op, instance, ..
@@ -505,31 +651,8 @@ mod tests {
         assert_eq!(s.failed, vec!["web-1", "web-2"]);
     }
 
-    #[test]
-    fn secrets_are_redacted() {
-        assert_eq!(
-            redact("psql postgres://deploy:hunter2@db:5432/app -c 'select 1'"),
-            "psql postgres://deploy:***@db:5432/app -c 'select 1'"
-        );
-        assert_eq!(
-            redact("key AKIAIOSFODNN7EXAMPLE used"),
-            "key AKIA**************** used"
-        );
-        assert_eq!(
-            redact("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG run"),
-            "AWS_SECRET_ACCESS_KEY=*** run"
-        );
-        assert_eq!(
-            redact("http://example.com/a:b@c"),
-            "http://example.com/a:b@c"
-        );
-    }
-
-    #[test]
-    fn journal_round_trips_and_survives_a_torn_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let inv = dir.path().join("rollscript.toml");
-        let j = Journal::create(&inv, |run| Record::RunStart {
+    fn start(run: &str) -> Record {
+        Record::RunStart {
             run: run.into(),
             at: now(),
             script: "s.rhai".into(),
@@ -540,9 +663,23 @@ mod tests {
             host: "h".into(),
             pid: 1,
             args: vec![],
-        })
-        .unwrap();
-        let seq = j.intent("deregister", Some("web-1"), "haproxy be/web-1: drain");
+            identity: None,
+            inventory_path: None,
+            script_path: None,
+            boot_id: String::new(),
+            proc_start: 0,
+        }
+    }
+
+    #[test]
+    fn journal_round_trips_and_survives_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = dir.path().join("rollscript.toml");
+        let run = new_run_id(&inv);
+        let j = Journal::create(&inv, &run, &start(&run), None).unwrap();
+        let seq = j
+            .intent("deregister", Some("web-1"), "haproxy be/web-1: drain")
+            .unwrap();
         j.result(seq, std::time::Duration::from_millis(3), None);
         std::fs::OpenOptions::new()
             .append(true)
@@ -553,6 +690,117 @@ mod tests {
         let records = read(&j.path).unwrap();
         assert_eq!(records.len(), 3);
         assert_eq!(summarise(&records).out_of_service, vec!["web-1"]);
-        assert_eq!(find(&inv, &j.run[..10]).as_deref(), Some(j.path.as_path()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&j.path), 0o600);
+        assert_eq!(mode(&runs_dir(&inv)), 0o700);
+        assert_eq!(mode(&state_dir(&inv)), 0o700);
+        assert_ne!(new_run_id(&inv), run, "ids are unique within a process");
+    }
+
+    /// A journal whose file is /dev/full: every write fails with ENOSPC.
+    fn full_journal() -> Journal {
+        let file = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        Journal::open("r", PathBuf::from("/dev/full"), file, 1, 0, None)
+    }
+
+    #[test]
+    fn an_intent_that_cannot_be_written_is_an_error_and_then_only_restoring_steps_go_ahead() {
+        let j = full_journal();
+        let e = j.intent("deregister", Some("web-1"), "drain").unwrap_err();
+        assert_eq!(io_text(&e), "No space left on device");
+        assert_eq!(j.stopped().as_deref(), Some("No space left on device"));
+        // Stopping: putting back goes ahead unrecorded, nothing else does.
+        assert!(j.intent("health", Some("web-1"), "GET").is_ok());
+        assert!(j.intent("register", Some("web-1"), "ready").is_ok());
+        assert!(j.intent("ssh", Some("web-1"), "./rollback.sh").is_err());
+        // Before any intent failed, even a restoring step needs its record.
+        let j = full_journal();
+        assert!(j.intent("register", Some("web-1"), "ready").is_err());
+    }
+
+    struct Mirror {
+        lines: Mutex<Vec<(String, u64, String)>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl JournalMirror for Mirror {
+        fn describe(&self) -> String {
+            "postgres://db/rs".into()
+        }
+        fn count(&self, run: &str) -> Result<u64, String> {
+            Ok(self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.0 == run)
+                .count() as u64)
+        }
+        fn append(&self, run: &str, line: u64, text: &str) -> Result<(), String> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err("connection closed".into());
+            }
+            self.lines
+                .lock()
+                .unwrap()
+                .push((run.into(), line, text.into()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_mirror_gets_every_line_and_once_lost_the_run_stops_and_goes_on_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = dir.path().join("rollscript.toml");
+        let m = Arc::new(Mirror {
+            lines: Mutex::new(Vec::new()),
+            fail: false.into(),
+        });
+        let run = new_run_id(&inv);
+        let j = Journal::create(&inv, &run, &start(&run), Some(m.clone())).unwrap();
+        let seq = j.intent("deregister", Some("web-1"), "drain").unwrap();
+        j.result(seq, std::time::Duration::ZERO, None);
+        let local = read_lines(&j.path).unwrap();
+        let mirrored: Vec<String> = m
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.2.clone())
+            .collect();
+        assert_eq!(mirrored, local);
+        assert_eq!(
+            m.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|l| l.1)
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+
+        m.fail.store(true, Ordering::SeqCst);
+        let e = j.intent("ssh", Some("web-1"), "./deploy.sh").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "shared state lost: postgres://db/rs: connection closed"
+        );
+        assert_eq!(j.mirror_lost(), Some(e.to_string()));
+        // Written locally, and from now on locally only.
+        assert!(j.intent("ssh", Some("web-1"), "./rollback.sh").is_ok());
+        assert_eq!(read_lines(&j.path).unwrap().len(), 5);
+
+        // Reopened with the mirror back: it first gets what it missed.
+        m.fail.store(false, Ordering::SeqCst);
+        drop(j);
+        let j = Journal::append(
+            &dir.path().join(format!(".rollscript/runs/{run}.jsonl")),
+            Some(m.clone()),
+        )
+        .unwrap();
+        assert_eq!(m.count(&run).unwrap(), 5);
+        assert_eq!(j.intent("health", Some("web-1"), "GET").unwrap(), 4);
+        assert_eq!(m.count(&run).unwrap(), 6);
     }
 }

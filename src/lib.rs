@@ -11,6 +11,11 @@
 //!   cancellation, bookkeeping of instances taken out of service, capacity guard).
 //! - [`primitives`]: the async Rust API as traits (`LoadBalancer`, `Transport`, `HealthCheck`).
 //! - [`providers`]: their implementations (haproxy, nginx, aws, none; ssh, local; http).
+//! - [`state`]: where the deploy lock and the journals live (local `.rollscript/`,
+//!   or shared on PostgreSQL), keyed by the inventory's identity; [`lock`] holds
+//!   the lock's holder and the local lock file, [`journal`] the records.
+//! - [`recover`]: `recover`, `unlock`, `runs` — after a crash, from any machine.
+//! - [`redact`]: secrets masked in the lock, the journal and the logs.
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts.
 
@@ -28,8 +33,10 @@ pub mod plan;
 pub mod primitives;
 pub mod providers;
 pub mod recover;
+pub mod redact;
 pub mod run;
 #[cfg(test)]
 mod run_tests;
+pub mod state;
 pub mod summary;
 pub mod ui;

@@ -314,8 +314,18 @@ impl FaultFleet {
         Journal::read(&j[0])
     }
 
+    /// The inventory's lock file: `.rollscript/locks/<app>-<fingerprint>.lock`
+    /// (the only one there; a path that does not exist when there is none).
     pub fn lock_path(&self) -> PathBuf {
-        self.root().join(".rollscript/lock")
+        let dir = self.root().join(".rollscript/locks");
+        fs::read_dir(&dir)
+            .ok()
+            .and_then(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "lock"))
+            })
+            .unwrap_or_else(|| dir.join("none.lock"))
     }
 
     // ---- HAProxy --------------------------------------------------------------
