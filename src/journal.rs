@@ -5,12 +5,18 @@
 //! ([`crate::state::JournalMirror`]) before the effect.
 //!
 //! Durable or nothing: an intent that cannot be written and fsynced (and
-//! mirrored) is an error, and the effects layer does not act. Once one has
-//! failed the run is stopping; from then on the steps that only put back
-//! what an earlier record says is out (health, register, the in-service
-//! wait, weights reset) may go ahead unrecorded — recovery never relies on
-//! their records — while every other step is still refused. A mirror that
-//! fails once is dropped: the run stops and compensates from the local file.
+//! mirrored) is an error, and the effects layer does not act: the run stops.
+//! - The local file failed (a full disk): from then on the steps that only
+//!   put back what an earlier record says is out (health, register, the
+//!   in-service wait, weights reset) may go ahead unrecorded — recovery never
+//!   relies on their records — and every other step is refused.
+//! - The mirror failed (the database went away): it is dropped; the step
+//!   whose intent it could not store is refused (and marked not done in the
+//!   local file), and compensation goes on recorded in the local file alone.
+//!
+//! Any failed write — also of a result, after its effect — calls the run's
+//! [`Journal::on_stop`] at once: the run stops at the next safe point, as on
+//! a first Ctrl-C, and compensates.
 //!
 //! `rollscript recover` reads journals back to decide which instances a dead
 //! run left out of service; `rollscript runs` lists and shows runs.
@@ -184,8 +190,23 @@ pub struct Journal {
     mirror: Mutex<Option<Arc<dyn JournalMirror>>>,
     /// Why the mirror was dropped.
     mirror_lost: Mutex<Option<String>>,
-    /// Why an intent could not be written: the run is stopping.
-    stopped: Mutex<Option<String>>,
+    /// Why the run is stopping, once a write failed.
+    stop: Mutex<Option<Stop>>,
+    on_stop: Mutex<Option<StopFn>>,
+}
+
+type StopFn = Box<dyn Fn(String) + Send + Sync>;
+
+struct Stop {
+    why: String,
+    /// The local file failed (not only the mirror).
+    local: bool,
+}
+
+/// Which copy a write failed on.
+enum Failed {
+    Local(String),
+    Mirror(String),
 }
 
 impl Journal {
@@ -289,20 +310,34 @@ impl Journal {
             seq: AtomicU64::new(seq),
             mirror: Mutex::new(mirror),
             mirror_lost: Mutex::new(None),
-            stopped: Mutex::new(None),
+            stop: Mutex::new(None),
+            on_stop: Mutex::new(None),
         }
+    }
+
+    /// Calls `f` (once) when a write first fails: the run must stop.
+    pub fn on_stop(&self, f: StopFn) {
+        *self.on_stop.lock().unwrap() = Some(f);
     }
 
     /// Appends `record` and makes it durable before returning — fsynced
     /// locally, then stored by the mirror: the record of an intent must
     /// exist before the effect can happen.
     pub fn write(&self, record: &Record) -> std::io::Result<()> {
+        self.write_both(record)
+            .map_err(|f| std::io::Error::other(self.note_stop(&f)))
+    }
+
+    fn write_both(&self, record: &Record) -> Result<(), Failed> {
         let line = serde_json::to_string(record).expect("records serialise");
         // One writer at a time end to end, so the mirror's line numbers are
         // the file's.
         let mut inner = self.inner.lock().unwrap();
-        inner.file.write_all(format!("{line}\n").as_bytes())?;
-        inner.file.sync_data()?;
+        let local = inner
+            .file
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| inner.file.sync_data());
+        local.map_err(|e| Failed::Local(io_text(&e)))?;
         let n = inner.lines;
         inner.lines += 1;
         let mirror = self.mirror.lock().unwrap().clone();
@@ -311,15 +346,47 @@ impl Journal {
                 let why = format!("shared state lost: {}: {e}", m.describe());
                 *self.mirror.lock().unwrap() = None;
                 *self.mirror_lost.lock().unwrap() = Some(why.clone());
-                return Err(std::io::Error::other(why));
+                return Err(Failed::Mirror(why));
             }
         }
         Ok(())
     }
 
+    /// Records why the run must stop (the first reason wins; a local failure
+    /// after a mirror one makes the stop local), telling the run the first
+    /// time. Returns the failure's text.
+    fn note_stop(&self, f: &Failed) -> String {
+        let (why, local) = match f {
+            Failed::Local(w) => (w.clone(), true),
+            Failed::Mirror(w) => (w.clone(), false),
+        };
+        let first = {
+            let mut stop = self.stop.lock().unwrap();
+            let first = stop.is_none();
+            let s = stop.get_or_insert_with(|| Stop {
+                why: why.clone(),
+                local,
+            });
+            s.local |= local;
+            first
+        };
+        if first {
+            if let Some(f) = &*self.on_stop.lock().unwrap() {
+                f(why.clone());
+            }
+        }
+        why
+    }
+
     /// Records an intent; returns its sequence number for [`Self::result`].
     /// An error means the effect must not happen (see the module doc).
     pub fn intent(&self, op: &str, instance: Option<&str>, text: &str) -> std::io::Result<u64> {
+        let refuse = |why: &str| std::io::Error::other(why.to_string());
+        if let Some(s) = &*self.stop.lock().unwrap() {
+            if s.local && !restores(op) {
+                return Err(refuse(&s.why));
+            }
+        }
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let record = Record::Intent {
             seq,
@@ -328,22 +395,33 @@ impl Journal {
             instance: instance.map(String::from),
             text: redact(text),
         };
-        match self.write(&record) {
+        match self.write_both(&record) {
             Ok(()) => Ok(seq),
-            Err(e) if self.stopped().is_some() && restores(op) => {
-                tracing::error!(
-                    "cannot write journal {}: {} — {op} goes ahead unrecorded: it only puts back what the journal says is out",
-                    self.path.display(),
-                    io_text(&e)
-                );
-                Ok(seq)
+            Err(f @ Failed::Mirror(_)) => {
+                // Durable here, done nowhere: the local file says so.
+                let why = self.note_stop(&f);
+                self.best_effort(&Record::Result {
+                    seq,
+                    at: now(),
+                    ok: false,
+                    duration_ms: 0,
+                    error_kind: Some("cancelled".into()),
+                    error: Some(format!("not done: {why}")),
+                });
+                Err(refuse(&why))
             }
-            Err(e) => {
-                self.stopped
-                    .lock()
-                    .unwrap()
-                    .get_or_insert_with(|| io_text(&e));
-                Err(e)
+            Err(f @ Failed::Local(_)) => {
+                let stopping = self.stop.lock().unwrap().is_some();
+                let why = self.note_stop(&f);
+                if stopping && restores(op) {
+                    tracing::error!(
+                        "cannot write journal {}: {why} — {op} goes ahead unrecorded: it only puts back what the journal says is out",
+                        self.path.display()
+                    );
+                    Ok(seq)
+                } else {
+                    Err(refuse(&why))
+                }
             }
         }
     }
@@ -371,9 +449,9 @@ impl Journal {
         }
     }
 
-    /// Why an intent could not be written (the run stopped), if one could not.
+    /// Why the run stopped (or must): a record could not be written.
     pub fn stopped(&self) -> Option<String> {
-        self.stopped.lock().unwrap().clone()
+        self.stop.lock().unwrap().as_ref().map(|s| s.why.clone())
     }
 
     /// Why the shared copy was dropped, if it was.
@@ -787,20 +865,28 @@ mod tests {
             "shared state lost: postgres://db/rs: connection closed"
         );
         assert_eq!(j.mirror_lost(), Some(e.to_string()));
-        // Written locally, and from now on locally only.
+        // The refused intent is written locally with a "not done" result:
+        // recovery does not count it as done.
+        let records = read(&j.path).unwrap();
+        assert!(
+            matches!(&records[4], Record::Result { seq: 2, ok: false, error: Some(e), .. } if e.starts_with("not done: shared state lost")),
+            "{records:?}"
+        );
+        // Compensation goes on, recorded locally only.
         assert!(j.intent("ssh", Some("web-1"), "./rollback.sh").is_ok());
-        assert_eq!(read_lines(&j.path).unwrap().len(), 5);
+        assert_eq!(read_lines(&j.path).unwrap().len(), 6);
+        assert_eq!(m.count(&run).unwrap(), 3);
 
         // Reopened with the mirror back: it first gets what it missed.
         m.fail.store(false, Ordering::SeqCst);
         drop(j);
         let j = Journal::append(
-            &dir.path().join(format!(".rollscript/runs/{run}.jsonl")),
+            &runs_dir(&inv).join(format!("{run}.jsonl")),
             Some(m.clone()),
         )
         .unwrap();
-        assert_eq!(m.count(&run).unwrap(), 5);
-        assert_eq!(j.intent("health", Some("web-1"), "GET").unwrap(), 4);
         assert_eq!(m.count(&run).unwrap(), 6);
+        assert_eq!(j.intent("health", Some("web-1"), "GET").unwrap(), 4);
+        assert_eq!(m.count(&run).unwrap(), 7);
     }
 }

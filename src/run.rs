@@ -210,7 +210,16 @@ pub async fn run_with(
             }
         }
         match open_journal(&opts, &inventory, &identity, &run_id, backend.mirror()) {
-            Ok(j) => effects.set_journal(Arc::new(j)),
+            Ok(j) => {
+                // A record that cannot be written stops the run at once,
+                // as a first Ctrl-C does; compensation then runs.
+                let token = effects.cancel_token();
+                j.on_stop(Box::new(move |why| {
+                    error!("journal write failed: {why}: stopping at the next safe point, then compensating");
+                    token.cancel();
+                }));
+                effects.set_journal(Arc::new(j))
+            }
             Err(e) => {
                 eprintln!(
                     "error: cannot write the run journal under {}: {}",

@@ -186,10 +186,17 @@ impl PgState {
             };
             let _ = tx.send(r);
         });
-        let client = rx
+        let client = match rx
             .recv()
             .unwrap_or_else(|_| Err("the connection thread stopped".into()))
-            .map_err(unreachable)?;
+        {
+            Ok(c) => c,
+            Err(why) => {
+                // Dropping a runtime blocks, which a caller's runtime forbids.
+                runtime.shutdown_background();
+                return Err(unreachable(why));
+            }
+        };
         Ok(Self {
             db: Arc::new(Db {
                 runtime: Mutex::new(Some(runtime)),

@@ -1035,6 +1035,7 @@ fn secrets_never_reach_the_lock_the_journal_or_the_logs_and_state_files_are_priv
             fs::read_to_string(p).is_ok_and(|t| t.contains("tok-") || t.contains("api_token"))
         })
     });
+    wait_until("the journal", WAIT, || !journals_in(dir.path()).is_empty());
     let lock_text = fs::read_to_string(lock().unwrap()).unwrap();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&lock().unwrap()), 0o600, "lock file");
@@ -1067,5 +1068,8 @@ fn secrets_never_reach_the_lock_the_journal_or_the_logs_and_state_files_are_priv
         stderr.contains("postgres://u:***@db/app?sslkey=***"),
         "{stderr}"
     );
-    assert!(stderr.contains("http://127.0.0.1:9/***"), "{stderr}");
+    assert!(
+        journal.contains("notify http://127.0.0.1:9/***"),
+        "{journal}"
+    );
 }
