@@ -37,6 +37,8 @@ use crate::state::JournalMirror;
 pub use crate::redact::redact;
 
 /// One line of the journal.
+// One run start per journal: boxing it would only complicate building one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
@@ -65,6 +67,10 @@ pub enum Record {
         boot_id: String,
         #[serde(default, skip_serializing_if = "is_zero")]
         proc_start: u64,
+        /// With `lb.discover = true`: the fleet the run found, so `recover`
+        /// knows a member that has left the target group since.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        instances: Vec<KnownInstance>,
     },
     /// Written before an effect acts.
     Intent {
@@ -104,6 +110,55 @@ pub enum Record {
         #[serde(default)]
         failed: Vec<String>,
     },
+}
+
+/// An instance as a run knew it (discovered ones are in no inventory file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KnownInstance {
+    pub name: String,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl From<&crate::config::Instance> for KnownInstance {
+    fn from(i: &crate::config::Instance) -> Self {
+        Self {
+            name: i.name.clone(),
+            host: i.host.clone(),
+            port: i.port,
+            ssh_port: i.ssh_port,
+            health_port: i.health_port,
+            id: i.id.clone(),
+            pool: i.pool.clone(),
+            weight: i.weight,
+        }
+    }
+}
+
+impl From<KnownInstance> for crate::config::Instance {
+    fn from(k: KnownInstance) -> Self {
+        Self {
+            name: k.name,
+            host: k.host,
+            port: k.port,
+            ssh_port: k.ssh_port,
+            health_port: k.health_port,
+            id: k.id,
+            pool: k.pool,
+            weight: k.weight,
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -313,6 +368,13 @@ impl Journal {
             stop: Mutex::new(None),
             on_stop: Mutex::new(None),
         }
+    }
+
+    /// A journal appending to `path` as it is (tests: `/dev/full`).
+    #[cfg(test)]
+    pub(crate) fn writing_to(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(Self::open("test", path.to_path_buf(), file, 1, 0, None))
     }
 
     /// Calls `f` (once) when a write first fails: the run must stop.
@@ -528,6 +590,8 @@ pub struct Summary {
     pub script_path: Option<String>,
     pub boot_id: String,
     pub proc_start: u64,
+    /// The fleet a discovering run found.
+    pub instances: Vec<KnownInstance>,
     /// None while unfinished (running, or killed).
     pub outcome: Option<String>,
     /// Instances whose removal from the LB was started and not undone, in order.
@@ -589,7 +653,9 @@ pub fn summarise(records: &[Record]) -> Summary {
                 script_path,
                 boot_id,
                 proc_start,
+                instances,
             } => {
+                s.instances = instances.clone();
                 s.run = run.clone();
                 s.started = at.clone();
                 s.script = script.clone();
@@ -746,6 +812,7 @@ mod tests {
             script_path: None,
             boot_id: String::new(),
             proc_start: 0,
+            instances: vec![],
         }
     }
 
@@ -778,8 +845,7 @@ mod tests {
 
     /// A journal whose file is /dev/full: every write fails with ENOSPC.
     fn full_journal() -> Journal {
-        let file = OpenOptions::new().append(true).open("/dev/full").unwrap();
-        Journal::open("r", PathBuf::from("/dev/full"), file, 1, 0, None)
+        Journal::writing_to(Path::new("/dev/full")).unwrap()
     }
 
     #[test]

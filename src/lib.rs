@@ -33,6 +33,8 @@ pub mod plan;
 pub mod primitives;
 pub mod providers;
 pub mod recover;
+#[cfg(test)]
+mod recover_tests;
 pub mod redact;
 pub mod run;
 #[cfg(test)]

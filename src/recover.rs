@@ -226,13 +226,23 @@ pub async fn recover_with(
     let Opened {
         inventory, backend, ..
     } = o;
+    // Members the dead run discovered may have left the target group since
+    // (a deregistered target goes once drained): its run-start record knows
+    // them. Then discovery adds today's members.
+    let mut inventory = inventory;
+    for known in &summary.instances {
+        if inventory.instance(&known.name).is_none() {
+            inventory.add_instance(known.clone().into());
+        }
+    }
     let inventory = match providers::discover(inventory).await {
-        Ok(inv) => Arc::new(inv),
+        Ok(inv) => inv,
         Err(e) => {
             eprintln!("error: discovering instances: {e}");
             return Outcome::Failed;
         }
     };
+    let inventory = Arc::new(inventory);
     let journal = match open_journal(inventory_path, &run, backend.mirror()) {
         Ok(j) => Arc::new(j),
         Err(e) => {

@@ -469,6 +469,14 @@ fn open_journal(
             .map(|p| p.display().to_string()),
         boot_id: me.boot_id,
         proc_start: me.proc_start,
+        instances: if matches!(
+            inv.lb.backend,
+            crate::config::LbBackend::Aws { discover: true, .. }
+        ) {
+            inv.instances.iter().map(Into::into).collect()
+        } else {
+            Vec::new()
+        },
     };
     Journal::create(&opts.inventory, run, &start, mirror)
 }

@@ -87,6 +87,7 @@ impl Env {
             script_path: None,
             boot_id: String::new(),
             proc_start: 0,
+            instances: vec![],
         };
         let mut lines = vec![serde_json::to_string(&start).unwrap()];
         lines.extend(records.iter().map(|r| r.to_string()));

@@ -392,17 +392,6 @@ impl StateBackend for PgState {
             if std::time::Instant::now() >= deadline {
                 break Err(refused);
             }
-            if !announced {
-                match &refused {
-                    LockError::Held(h) => warn!(
-                        "waiting for the deploy lock: {} ({})",
-                        h.holder.describe(),
-                        h.note
-                    ),
-                    other => warn!("waiting for the deploy lock: {other}"),
-                }
-                announced = true;
-            }
             // A ticket keeps our place; refreshed at every look.
             let client = self.db.client.clone();
             let (id, h) = (self.key(), holder.clone());
@@ -433,6 +422,18 @@ impl StateBackend for PgState {
             match refreshed {
                 Ok(t) => ticket = Some(t),
                 Err(e) => break Err(self.io(e)),
+            }
+            // Said once our ticket is in: the queue holds our place from here.
+            if !announced {
+                match &refused {
+                    LockError::Held(h) => warn!(
+                        "waiting for the deploy lock: {} ({})",
+                        h.holder.describe(),
+                        h.note
+                    ),
+                    other => warn!("waiting for the deploy lock: {other}"),
+                }
+                announced = true;
             }
             std::thread::sleep(Duration::from_millis(300));
         };

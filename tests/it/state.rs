@@ -519,6 +519,86 @@ fn takers_racing_for_an_expired_lease_get_it_one_at_a_time() {
     assert_eq!(listed.matches("died").count(), 1, "{listed}");
 }
 
+#[test]
+fn runs_waiting_for_the_shared_lock_get_it_in_the_order_they_asked() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("rollscript.toml");
+    fs::write(
+        &inventory,
+        format!(
+            "[app]\nname = \"queue\"\ndeploy = \"true\"\n[lb]\nkind = \"none\"\n\
+             [[instances]]\nname = \"web-1\"\nhost = \"127.0.0.1\"\n{}",
+            pg_state(&pg, "30s")
+        ),
+    )
+    .unwrap();
+    let go = dir.path().join("go");
+    let order = dir.path().join("order");
+    fs::write(
+        dir.path().join("hold.rhai"),
+        format!(
+            "local(`while [ ! -e {} ]; do sleep 0.05; done`);\n",
+            go.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("take.rhai"),
+        format!("local(`echo ${{var(\"who\")}} >>{}`);\n", order.display()),
+    )
+    .unwrap();
+    let start = |who: &str, script: &str, wait: bool| {
+        let err = dir.path().join(format!("{who}.stderr"));
+        let mut c = rollscript();
+        c.current_dir(dir.path())
+            .env("ROLLSCRIPT_HOSTNAME", format!("machine-{who}"))
+            .args(["run", "--yes", script, "--var", &format!("who={who}")])
+            .arg("-i")
+            .arg(&inventory)
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&err).unwrap());
+        if wait {
+            c.args(["--lock-wait", "2m"]);
+        }
+        (crate::harness::Proc::spawn(who, &mut c), err)
+    };
+    let (mut holder, _) = start("holder", "hold.rhai", false);
+    wait_until("the holder's journal", WAIT, || {
+        journals_in(dir.path())
+            .first()
+            .is_some_and(|p| fs::read_to_string(p).is_ok_and(|t| t.contains("\"op\":\"local\"")))
+    });
+    // Each asks once the one before it is queued.
+    let mut waiters = Vec::new();
+    for who in ["b", "c", "d"] {
+        let (p, err) = start(who, "take.rhai", true);
+        wait_until(&format!("{who} queued"), WAIT, || {
+            fs::read_to_string(&err)
+                .is_ok_and(|t| t.contains("waiting for the deploy lock: held by"))
+        });
+        waiters.push((who, p, err));
+    }
+    // One that does not wait is refused, naming the holder.
+    let (mut hasty, hasty_err) = start("e", "take.rhai", false);
+    assert_eq!(hasty.child.wait().unwrap().code(), Some(3));
+    assert!(fs::read_to_string(&hasty_err)
+        .unwrap()
+        .contains("another run holds the deploy lock: held by"),);
+    fs::write(&go, "").unwrap();
+    assert_eq!(holder.child.wait().unwrap().code(), Some(0));
+    for (who, mut p, err) in waiters {
+        let code = p.child.wait().unwrap().code();
+        assert_eq!(
+            code,
+            Some(0),
+            "{who}: {}",
+            fs::read_to_string(&err).unwrap()
+        );
+    }
+    assert_eq!(fs::read_to_string(&order).unwrap(), "b\nc\nd\n");
+}
+
 // ---- 2: SIGKILL at each kind of step, recovered from the other machine ------------
 
 /// Where the run is killed.
@@ -1072,4 +1152,312 @@ fn secrets_never_reach_the_lock_the_journal_or_the_logs_and_state_files_are_priv
         journal.contains("notify http://127.0.0.1:9/***"),
         "{journal}"
     );
+}
+
+// ---- 7: recover discovers (ELBv2 target group in moto) -----------------------------
+
+/// `recover` of an inventory with `lb.discover = true`: the run's fleet comes
+/// from the target group (moto on 127.0.0.1; the instance's private IP is a
+/// 127.0.1.x address where a real health endpoint answers).
+#[cfg(feature = "aws")]
+mod discovery {
+    use std::fs;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use aws_config::{BehaviorVersion, Region};
+    use aws_sdk_ec2 as ec2;
+    use aws_sdk_elasticloadbalancingv2 as elb;
+    use elb::config::Credentials;
+    use elb::types::{ProtocolEnum, TargetDescription, TargetGroupAttribute, TargetTypeEnum};
+    use rollscript::config::Inventory;
+    use rollscript::journal::{KnownInstance, Record};
+    use rollscript::state::Identity;
+
+    use crate::harness::faultfleet::wait_until;
+    use crate::harness::http::{HttpServer, Reply};
+    use crate::harness::moto::Moto;
+    use crate::harness::rollscript;
+    use crate::harness::sshd::next_ip;
+
+    async fn targets(elb: &elb::Client, tg: &str) -> Vec<(String, String)> {
+        let out = elb
+            .describe_target_health()
+            .target_group_arn(tg)
+            .send()
+            .await
+            .unwrap();
+        out.target_health_descriptions()
+            .iter()
+            .map(|d| {
+                (
+                    d.target().unwrap().id().unwrap().to_string(),
+                    d.target_health()
+                        .and_then(|h| h.state())
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// A dead run that took `web-9` out; `known` = what it recorded of its fleet.
+    fn dead_run(inventory: &Path, id: &str, known: Vec<KnownInstance>) {
+        let inv = Inventory::load(inventory).unwrap();
+        let identity = Identity::of(&inv);
+        let start = Record::RunStart {
+            run: id.into(),
+            at: rollscript::journal::now(),
+            script: "scripts/rolling.rhai".into(),
+            script_sha256: String::new(),
+            inventory: inventory.display().to_string(),
+            inventory_sha256: inv.hash.clone(),
+            user: "ops".into(),
+            host: rollscript::lock::hostname(),
+            pid: 4_000_000,
+            args: vec![],
+            identity: Some(identity.fingerprint),
+            inventory_path: Some(identity.path.display().to_string()),
+            script_path: None,
+            boot_id: rollscript::lock::boot_id(),
+            proc_start: 0,
+            instances: known,
+        };
+        let lines = [
+            serde_json::to_string(&start).unwrap(),
+            r#"{"type":"intent","seq":1,"at":"","op":"deregister","instance":"web-9","text":""}"#
+                .into(),
+            r#"{"type":"result","seq":1,"at":"","ok":true,"duration_ms":1}"#.into(),
+        ];
+        let dir = rollscript::journal::runs_dir(inventory);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{id}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+
+    fn recover(dir: &Path) -> std::process::Output {
+        fs::write(dir.join("aws-config"), "").unwrap();
+        fs::write(dir.join("aws-credentials"), "").unwrap();
+        rollscript()
+            .current_dir(dir)
+            .args(["recover", "--yes", "-i", "rollscript.toml"])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", dir.join("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn recover_puts_back_a_discovered_instance_also_after_it_left_the_target_group() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let moto = Moto::start();
+        let sdk = rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "t"))
+                .endpoint_url(moto.endpoint())
+                .load(),
+        );
+        let ec2c = ec2::Client::new(&sdk);
+        let elbc = elb::Client::new(&sdk);
+        let ip = next_ip();
+        let health = HttpServer::always(&ip, Reply::Status(200));
+        let port = health.port();
+        let (tg, id) = rt.block_on(async {
+            let vpc = ec2c
+                .create_vpc()
+                .cidr_block("127.0.0.0/16")
+                .send()
+                .await
+                .unwrap()
+                .vpc()
+                .unwrap()
+                .vpc_id()
+                .unwrap()
+                .to_string();
+            let subnet = ec2c
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block("127.0.1.0/24")
+                .availability_zone("us-east-1a")
+                .send()
+                .await
+                .unwrap()
+                .subnet()
+                .unwrap()
+                .subnet_id()
+                .unwrap()
+                .to_string();
+            let id = ec2c
+                .run_instances()
+                .image_id("ami-12345678")
+                .min_count(1)
+                .max_count(1)
+                .subnet_id(&subnet)
+                .private_ip_address(&ip)
+                .tag_specifications(
+                    ec2::types::TagSpecification::builder()
+                        .resource_type(ec2::types::ResourceType::Instance)
+                        .tags(
+                            ec2::types::Tag::builder()
+                                .key("Name")
+                                .value("web-9")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap()
+                .instances()[0]
+                .instance_id()
+                .unwrap()
+                .to_string();
+            let tg = elbc
+                .create_target_group()
+                .name("discover-tg")
+                .protocol(ProtocolEnum::Http)
+                .port(i32::from(port))
+                .vpc_id(&vpc)
+                .target_type(TargetTypeEnum::Instance)
+                .send()
+                .await
+                .unwrap()
+                .target_groups()[0]
+                .target_group_arn()
+                .unwrap()
+                .to_string();
+            elbc.modify_target_group_attributes()
+                .target_group_arn(&tg)
+                .attributes(
+                    TargetGroupAttribute::builder()
+                        .key("deregistration_delay.timeout_seconds")
+                        .value("30")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            (tg, id)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let inventory = dir.path().join("rollscript.toml");
+        fs::write(
+            &inventory,
+            format!(
+                "[app]\nname = \"disco\"\ndeploy = \"true\"\n\
+                 [health]\nport = {port}\ninterval = \"100ms\"\nretries = 10\nhealthy_threshold = 1\n\
+                 [lb]\nkind = \"aws\"\ntarget_group_arn = \"{tg}\"\nregion = \"us-east-1\"\n\
+                 endpoint = \"{}\"\ndiscover = true\nmin_in_service = 0\npoll_interval = \"200ms\"\nregister_timeout = \"30s\"\n",
+                moto.endpoint()
+            ),
+        )
+        .unwrap();
+        let register = || {
+            rt.block_on(
+                elbc.register_targets()
+                    .target_group_arn(&tg)
+                    .targets(
+                        TargetDescription::builder()
+                            .id(&id)
+                            .port(i32::from(port))
+                            .build(),
+                    )
+                    .send(),
+            )
+            .unwrap();
+        };
+        let deregister = || {
+            rt.block_on(
+                elbc.deregister_targets()
+                    .target_group_arn(&tg)
+                    .targets(
+                        TargetDescription::builder()
+                            .id(&id)
+                            .port(i32::from(port))
+                            .build(),
+                    )
+                    .send(),
+            )
+            .unwrap();
+        };
+        let state = || rt.block_on(targets(&elbc, &tg));
+
+        // 1. Killed while web-9 drains: discovery finds it, recover puts it back.
+        register();
+        deregister();
+        assert_eq!(state(), [(id.clone(), "draining".to_string())]);
+        dead_run(&inventory, "20260101T000000Z-1", Vec::new());
+        let out = recover(dir.path());
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        assert!(stderr.contains("discovered 1 instance(s)"), "{stderr}");
+        assert!(
+            stdout.contains("web-9: back in service — healthy; back in service"),
+            "{stdout}{stderr}"
+        );
+        wait_until("web-9 healthy", Duration::from_secs(30), || {
+            state() == [(id.clone(), "healthy".to_string())]
+        });
+
+        // 2. Killed after web-9 left the target group for good: the run's
+        // own record of its discovered fleet names it.
+        rt.block_on(
+            elbc.modify_target_group_attributes()
+                .target_group_arn(&tg)
+                .attributes(
+                    TargetGroupAttribute::builder()
+                        .key("deregistration_delay.timeout_seconds")
+                        .value("0")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+        deregister();
+        wait_until(
+            "web-9 gone from the target group",
+            Duration::from_secs(30),
+            || state().is_empty(),
+        );
+        let known = KnownInstance {
+            name: "web-9".into(),
+            host: ip.clone(),
+            port: None,
+            ssh_port: None,
+            health_port: None,
+            id: Some(id.clone()),
+            pool: None,
+            weight: None,
+        };
+        dead_run(&inventory, "20260101T000001Z-1", vec![known]);
+        let out = recover(dir.path());
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("recovering run 20260101T000001Z-1"),
+            "{stdout}{stderr}"
+        );
+        assert!(
+            stdout.contains("web-9: back in service — healthy; back in service"),
+            "{stdout}{stderr}"
+        );
+        wait_until("web-9 healthy again", Duration::from_secs(30), || {
+            state() == [(id.clone(), "healthy".to_string())]
+        });
+        drop(health);
+    }
 }
