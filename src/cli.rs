@@ -116,17 +116,28 @@ pub enum Command {
     },
     /// After rollscript itself died (kill -9, power loss): put back what its run left out of service, release the lock.
     #[command(
-        after_help = "Examples:\n  rollscript recover            the newest run that left instances out\n  rollscript recover 20261129T1612"
+        after_help = "Examples:\n  rollscript recover            the newest run of this inventory that left instances out\n  rollscript recover 20261129T1612\n  rollscript recover --force    the run's machine is gone for good: take its lock over"
     )]
     Recover {
         /// Run id (or a unique prefix); default: the newest run that left instances out.
         run: Option<String>,
+        /// Do not ask before acting (asked only on a terminal).
+        #[arg(short = 'y', long)]
+        yes: bool,
+        /// Take over a deploy lock whose holder cannot be proven gone (another host, a lease still renewed), after saying whose it is.
+        #[arg(long)]
+        force: bool,
     },
-    /// Remove the deploy lock (asks first).
-    #[command(after_help = "Example:\n  rollscript unlock --yes")]
+    /// Remove the deploy lock of a run that is gone (asks first).
+    #[command(
+        after_help = "Examples:\n  rollscript unlock --yes\n  rollscript unlock --yes --force   even though its holder may still be running"
+    )]
     Unlock {
         #[arg(short = 'y', long)]
         yes: bool,
+        /// Remove it even when its holder cannot be proven gone.
+        #[arg(long)]
+        force: bool,
     },
     /// List recorded runs, or show one.
     #[command(after_help = "Examples:\n  rollscript runs\n  rollscript runs show 20261129T1612")]

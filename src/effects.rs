@@ -232,7 +232,26 @@ impl Effects {
                 _ => e,
             })?;
         }
-        let seq = self.journal.get().map(|j| j.intent(op, name, text));
+        // Durable or nothing: no record of the intent, no effect. The run
+        // stops here and compensates (see `journal`).
+        let seq = match self.journal.get().map(|j| j.intent(op, name, text)) {
+            None => None,
+            Some(Ok(seq)) => Some(seq),
+            Some(Err(e)) => {
+                self.cancel_token().cancel();
+                let err = ActionError::new(
+                    ErrorKind::Cancelled,
+                    format!(
+                        "journal write failed: {}: not done: {text}",
+                        crate::journal::io_text(&e)
+                    ),
+                );
+                return Err(match name {
+                    Some(n) => err.host(n),
+                    None => err,
+                });
+            }
+        };
         if let Some(n) = name {
             self.ledger.begin(n, op);
         }
@@ -542,7 +561,10 @@ impl Effects {
             lb.describe_switch(pool),
             format_duration(bound)
         );
-        if self.record(text.clone(), Estimate::new(TYPICAL_REGISTER.min(bound), bound)) {
+        if self.record(
+            text.clone(),
+            Estimate::new(TYPICAL_REGISTER.min(bound), bound),
+        ) {
             return Ok(());
         }
         info!(step = "switch", "{text}");

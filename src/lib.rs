@@ -12,6 +12,11 @@
 //! - [`primitives`]: the async Rust API as traits (`LoadBalancer`, `Transport`, `HealthCheck`).
 //! - [`providers`]: their implementations (haproxy, nginx, aws, none; ssh, local; http),
 //!   a folder per provider with its policy in `mod.rs`; one poll backoff for all.
+//! - [`state`]: where the deploy lock and the journals live (local `.rollscript/`,
+//!   or shared on PostgreSQL), keyed by the inventory's identity; [`lock`] holds
+//!   the lock's holder and the local lock file, [`journal`] the records.
+//! - [`recover`]: `recover`, `unlock`, `runs` — after a crash, from any machine.
+//! - [`redact`]: secrets masked in the lock, the journal and the logs.
 //! - [`guard`]: the capacity guard (check and deregister as one critical section).
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts.
@@ -31,8 +36,12 @@ pub mod plan;
 pub mod primitives;
 pub mod providers;
 pub mod recover;
+#[cfg(test)]
+mod recover_tests;
+pub mod redact;
 pub mod run;
 #[cfg(test)]
 mod run_tests;
+pub mod state;
 pub mod summary;
 pub mod ui;

@@ -69,12 +69,21 @@ fn main() -> ExitCode {
             print!("{}", runtime.block_on(async { run::api(format) }));
             Outcome::Success
         }
-        Command::Recover { run } => runtime.block_on(recover::recover(&inventory, run.as_deref())),
-        Command::Unlock { yes } => recover::unlock(&inventory, yes),
-        Command::Runs { show: None } => {
-            print!("{}", recover::list_runs(&inventory));
-            Outcome::Success
-        }
+        Command::Recover { run, yes, force } => runtime.block_on(recover::recover(
+            &inventory,
+            &recover::RecoverOptions { run, yes, force },
+        )),
+        Command::Unlock { yes, force } => recover::unlock(&inventory, yes, force),
+        Command::Runs { show: None } => match recover::list_runs(&inventory) {
+            Ok(text) => {
+                print!("{text}");
+                Outcome::Success
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Outcome::Invalid
+            }
+        },
         Command::Runs {
             show: Some(RunsCommand::Show { run }),
         } => match recover::show_run(&inventory, &run) {

@@ -15,9 +15,10 @@ use crate::config::Inventory;
 use crate::effects::Effects;
 use crate::engine::{self, Answers, Diagnostic, Host, ScriptContext};
 use crate::journal::{self, Journal, Record};
-use crate::lock::{self, DeployLock, LockError};
+use crate::lock::{self, LockError};
 use crate::plan::{render, Recorder};
 use crate::providers;
+use crate::state::{self, Identity, JournalMirror, StateBackend};
 use crate::summary;
 
 /// How a command ended; each maps to one documented exit code.
@@ -107,6 +108,22 @@ pub async fn run_with(
             return Outcome::Invalid;
         }
     };
+    crate::redact::register_vars(&opts.vars);
+    // The state backend before anything else: PostgreSQL unreachable is a
+    // usage error, with nothing touched. The identity is the inventory's as
+    // written (before discovery), the same on every machine.
+    let identity = Identity::of(&inventory);
+    let backend: Option<Arc<dyn StateBackend>> = if opts.dry_run && opts.only_failed.is_none() {
+        None
+    } else {
+        match state::open(&inventory) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Outcome::Invalid;
+            }
+        }
+    };
     // Discovery reads the target group: not in a plan, which touches nothing.
     let inventory = if opts.dry_run {
         if matches!(
@@ -133,7 +150,7 @@ pub async fn run_with(
     }
     let only = match &opts.only_failed {
         None => None,
-        Some(run_id) => match failed_of(&opts.inventory, run_id) {
+        Some(run_id) => match failed_of(backend.as_deref(), &identity, &inventory, run_id) {
             Ok(names) => Some(names),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -190,14 +207,16 @@ pub async fn run_with(
     }
 
     // Only now, with a script that compiles, take the lock and open a journal.
-    let mut lock = None;
-    if !opts.dry_run {
-        let inv_path = opts.inventory.clone();
-        let wait = opts.lock_wait;
-        match tokio::task::spawn_blocking(move || DeployLock::acquire(&inv_path, None, wait)).await
-        {
+    let mut lock: Option<Box<dyn state::HeldLock>> = None;
+    // Why the shared lock was lost mid-run, if it was.
+    let lost: Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    if let (false, Some(backend)) = (opts.dry_run, &backend) {
+        let run_id = journal::new_run_id(&opts.inventory);
+        let me = lock::Holder::me(Some(run_id.clone()));
+        let (b, wait) = (backend.clone(), opts.lock_wait);
+        match tokio::task::spawn_blocking(move || b.lock(&me, wait, false)).await {
             Ok(Ok(l)) => lock = Some(l),
-            Ok(Err(e @ LockError::Held(_))) => {
+            Ok(Err(e @ (LockError::Held(_) | LockError::Queued(_)))) => {
                 eprintln!("error: {e}");
                 return Outcome::Locked;
             }
@@ -227,15 +246,36 @@ pub async fn run_with(
                 return Outcome::Invalid;
             }
         }
-        match open_journal(&opts, &inventory) {
-            Ok(j) => effects.set_journal(Arc::new(j)),
+        match open_journal(&opts, &inventory, &identity, &run_id, backend.mirror()) {
+            Ok(j) => {
+                // A record that cannot be written stops the run at once,
+                // as a first Ctrl-C does; compensation then runs.
+                let token = effects.cancel_token();
+                j.on_stop(Box::new(move |why| {
+                    error!("journal write failed: {why}: stopping at the next safe point, then compensating");
+                    token.cancel();
+                }));
+                effects.set_journal(Arc::new(j))
+            }
             Err(e) => {
                 eprintln!(
-                    "error: cannot write the run journal under {}: {e}",
-                    journal::runs_dir(&opts.inventory).display()
+                    "error: cannot write the run journal under {}: {}",
+                    journal::runs_dir(&opts.inventory).display(),
+                    journal::io_text(&e)
                 );
                 return Outcome::Invalid;
             }
+        }
+        // A lost lease stops the run at the next safe point; compensation
+        // then runs on a token of its own, from the local journal.
+        let token = effects.cancel_token();
+        let why_lost = lost.clone();
+        if let Some(l) = lock.as_mut() {
+            l.on_lost(Box::new(move |why| {
+                error!("{why}: stopping at the next safe point, then compensating from the local journal");
+                *why_lost.lock().unwrap() = Some(why);
+                token.cancel();
+            }));
         }
     }
 
@@ -305,6 +345,19 @@ pub async fn run_with(
                 Outcome::Failed
             }
         }
+    };
+    // A step refused for want of its journal record, or a lost lease: the
+    // run stopped itself (not the operator), and says why.
+    let stopped = effects
+        .journal()
+        .and_then(|j| j.stopped())
+        .or_else(|| lost.lock().unwrap().clone());
+    let outcome = match stopped {
+        Some(why) => {
+            error!("journal write failed: {why}: the run stopped before that step (nothing was done without its record)");
+            Outcome::Failed
+        }
+        None => outcome,
     };
 
     // Registered without a wait: back if the LB says so.
@@ -431,33 +484,61 @@ fn outcome_word(o: Outcome) -> &'static str {
     }
 }
 
-fn open_journal(opts: &RunOptions, inv: &Inventory) -> std::io::Result<Journal> {
+fn open_journal(
+    opts: &RunOptions,
+    inv: &Inventory,
+    identity: &Identity,
+    run: &str,
+    mirror: Option<Arc<dyn JournalMirror>>,
+) -> std::io::Result<Journal> {
     let script_text = std::fs::read(&opts.script).unwrap_or_default();
-    Journal::create(&opts.inventory, |run| Record::RunStart {
+    let me = lock::Holder::me(Some(run.to_string()));
+    let start = Record::RunStart {
         run: run.to_string(),
         at: journal::now(),
         script: opts.script.display().to_string(),
         script_sha256: hex::encode(sha2::Sha256::digest(&script_text)),
         inventory: opts.inventory.display().to_string(),
         inventory_sha256: inv.hash.clone(),
-        user: lock::current_user(),
-        host: lock::hostname(),
-        pid: std::process::id(),
-        args: std::env::args().map(|a| journal::redact(&a)).collect(),
-    })
+        user: me.user,
+        host: me.host,
+        pid: me.pid,
+        args: crate::redact::redact_args(std::env::args()),
+        identity: Some(identity.fingerprint.clone()),
+        inventory_path: Some(identity.path.display().to_string()),
+        script_path: std::fs::canonicalize(&opts.script)
+            .ok()
+            .map(|p| p.display().to_string()),
+        boot_id: me.boot_id,
+        proc_start: me.proc_start,
+        instances: if matches!(
+            inv.lb.backend,
+            crate::config::LbBackend::Aws { discover: true, .. }
+        ) {
+            inv.instances.iter().map(Into::into).collect()
+        } else {
+            Vec::new()
+        },
+    };
+    Journal::create(&opts.inventory, run, &start, mirror)
 }
 
-/// The instances that failed in run `id`.
-fn failed_of(inventory: &Path, id: &str) -> Result<std::collections::BTreeSet<String>, String> {
-    let path = journal::find(inventory, id).ok_or_else(|| {
+/// The instances that failed in run `id` of this inventory.
+fn failed_of(
+    backend: Option<&dyn StateBackend>,
+    identity: &Identity,
+    inv: &Inventory,
+    id: &str,
+) -> Result<std::collections::BTreeSet<String>, String> {
+    let backend = backend.ok_or("--only-failed needs the state backend")?;
+    let runs = state::runs(backend, identity, inv).map_err(|e| e.to_string())?;
+    let run = state::find_run(&runs, id).ok_or_else(|| {
         format!(
-            "--only-failed: no run {id:?} under {} (see `rollscript runs`)",
-            journal::runs_dir(inventory).display()
+            "--only-failed: no run {id:?} of this inventory in {} (see `rollscript runs`)",
+            backend.describe()
         )
     })?;
-    let records =
-        journal::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let s = journal::summarise(&records);
+    let s = journal::summarise(&run.records());
     let mut names: std::collections::BTreeSet<String> = s.failed.into_iter().collect();
     names.extend(s.left_out);
     if names.is_empty() {

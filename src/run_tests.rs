@@ -93,10 +93,22 @@ impl Env {
             host: lock::hostname(),
             pid: 4_000_000,
             args: vec![],
+            identity: None,
+            inventory_path: None,
+            script_path: None,
+            boot_id: String::new(),
+            proc_start: 0,
+            instances: vec![],
         };
         let mut lines = vec![serde_json::to_string(&start).unwrap()];
         lines.extend(records.iter().map(|r| r.to_string()));
         std::fs::write(dir.join(format!("{id}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+
+    /// The deploy lock's record, if any.
+    fn lock_status(&self) -> Option<crate::state::LockStatus> {
+        let inv = crate::config::Inventory::load(&self.inventory()).unwrap();
+        crate::state::open(&inv).unwrap().lock_status().unwrap()
     }
 
     /// The first run's journal.
@@ -167,7 +179,7 @@ fn rolling_success_journals_every_effect_and_releases_the_lock() {
         "6 effects per instance, each with a result"
     );
     assert_eq!(end_of(&records), ("success".into(), vec![], vec![]));
-    assert!(lock::holder(&env.inventory()).is_none(), "lock released");
+    assert!(env.lock_status().is_none(), "lock released");
 }
 
 #[test]
@@ -255,14 +267,16 @@ fn max_failures_lets_the_rollout_continue_within_budget() {
 #[test]
 fn a_live_lock_holder_stops_a_second_run_with_exit_3() {
     let env = Env::new("1");
-    let mut holder = lock::Holder::me(Some("other".into()));
-    holder.pid = 1; // init: alive, not us
-    std::fs::create_dir_all(lock::lock_path(&env.inventory()).parent().unwrap()).unwrap();
-    std::fs::write(
-        lock::lock_path(&env.inventory()),
-        serde_json::to_string(&holder).unwrap(),
-    )
-    .unwrap();
+    // Another run of this process holds it (its flock is taken).
+    let inv = crate::config::Inventory::load(&env.inventory()).unwrap();
+    let _held = crate::state::open(&inv)
+        .unwrap()
+        .lock(
+            &lock::Holder::me(Some("other".into())),
+            Duration::ZERO,
+            false,
+        )
+        .unwrap();
     let fakes = Fakes::new();
     assert_eq!(run(&env, &fakes, &[]), Outcome::Locked);
     assert!(fakes.lb.calls.all().is_empty(), "nothing touched");
@@ -293,7 +307,7 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
     assert_eq!(
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
-            None,
+            &Default::default(),
             move |_| p
         )),
         Outcome::Success
@@ -309,7 +323,7 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
     assert_eq!(
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
-            None,
+            &Default::default(),
             move |_| p
         )),
         Outcome::Success
@@ -318,7 +332,7 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
         again.lb.calls.all().is_empty() && again.ssh.calls.all().is_empty(),
         "second recover changes nothing"
     );
-    assert!(lock::holder(&env.inventory()).is_none());
+    assert!(env.lock_status().is_none());
     let _ = Path::new("");
 }
 
@@ -470,7 +484,7 @@ fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
     assert_eq!(
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
-            None,
+            &Default::default(),
             move |_| p
         )),
         Outcome::Success
@@ -490,7 +504,7 @@ fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
     assert_eq!(
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
-            None,
+            &Default::default(),
             move |_| p
         )),
         Outcome::Success

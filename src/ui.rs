@@ -6,6 +6,7 @@
 //! terminal there are no bars and no control codes: plain timestamped lines.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,15 +66,20 @@ pub fn init_logging(format: Format, verbosity: i8) {
     };
 }
 
-/// A writer that hands each complete line to stderr with the bars suspended.
+/// A writer that hands each complete line to stderr with the bars
+/// suspended, secrets masked ([`crate::redact`]).
 #[derive(Clone, Copy)]
 pub struct LineWriter;
 
-pub struct LineBuffer(Vec<u8>);
+pub struct LineBuffer {
+    bytes: Vec<u8>,
+    /// A script's log line while script logs are muted.
+    discard: bool,
+}
 
 impl Write for LineBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
+        self.bytes.extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -83,10 +89,14 @@ impl Write for LineBuffer {
 
 impl Drop for LineBuffer {
     fn drop(&mut self) {
-        let bytes = std::mem::take(&mut self.0);
+        if self.discard {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        let text = crate::redact::redact(&String::from_utf8_lossy(&bytes));
         let write = || {
             let mut err = std::io::stderr().lock();
-            let _ = err.write_all(&bytes);
+            let _ = err.write_all(text.as_bytes());
         };
         match multi() {
             Some(m) => m.suspend(write),
@@ -98,8 +108,26 @@ impl Drop for LineBuffer {
 impl<'a> MakeWriter<'a> for LineWriter {
     type Writer = LineBuffer;
     fn make_writer(&'a self) -> Self::Writer {
-        LineBuffer(Vec::with_capacity(256))
+        LineBuffer {
+            bytes: Vec::with_capacity(256),
+            discard: false,
+        }
     }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        LineBuffer {
+            bytes: Vec::with_capacity(256),
+            discard: meta.target() == "script" && MUTE_SCRIPT.load(Ordering::SeqCst),
+        }
+    }
+}
+
+static MUTE_SCRIPT: AtomicBool = AtomicBool::new(false);
+
+/// Silences a script's own log lines (`info`, `warn`, `print`) while on:
+/// `recover` runs the dead run's script as a dry run only to find its
+/// `on_compensate` step, and its messages would read as if it deployed.
+pub fn mute_script_logs(on: bool) {
+    MUTE_SCRIPT.store(on, Ordering::SeqCst);
 }
 
 /// Whether live progress bars are drawn (stderr is a terminal, text logs).

@@ -28,6 +28,8 @@ pub struct Inventory {
     pub health: HealthSettings,
     pub lb: LbSettings,
     pub database: Option<Database>,
+    /// Where the deploy lock and the run journals live (`[state]`).
+    pub state: StateSettings,
     pub instances: Vec<Instance>,
     /// Files a run needs (`ssh.identity`, `ssh.known_hosts`), with where they
     /// are named, checked by [`Inventory::missing_files`] before a run.
@@ -151,6 +153,31 @@ impl LbBackend {
 pub struct Database {
     pub url: String,
     pub lock_id: i64,
+}
+
+/// `[state]`: where the deploy lock and the journals live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSettings {
+    pub store: StateStore,
+    /// How long a PostgreSQL lease outlives its last heartbeat.
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateStore {
+    /// `.rollscript/` beside the inventory (the default).
+    Local,
+    /// Shared by every machine with the same inventory and URL.
+    Postgres { url: String },
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            store: StateStore::Local,
+            lease: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

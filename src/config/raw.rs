@@ -19,6 +19,7 @@ pub struct RawInventory {
     pub health: Option<RawHealth>,
     pub lb: Option<RawLb>,
     pub database: Option<RawDatabase>,
+    pub state: Option<RawState>,
     #[serde(default)]
     pub instances: Vec<RawInstance>,
 }
@@ -103,6 +104,14 @@ pub struct RawPool {
 pub struct RawDatabase {
     pub url: Option<String>,
     pub lock_id: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -263,6 +263,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
             path: path.clone(),
         });
     }
+    let state = state(&c, raw.state)?;
 
     Ok(Inventory {
         path: file.to_path_buf(),
@@ -273,9 +274,75 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
         health,
         lb,
         database,
+        state,
         instances,
         index: Default::default(),
     })
+}
+
+/// `[state]`; `url` may come from `ROLLSCRIPT_STATE_URL` instead (so the
+/// password need not be in the file).
+fn state(c: &Checker, raw: Option<super::raw::RawState>) -> Result<StateSettings, ConfigError> {
+    let Some(r) = raw else {
+        return Ok(StateSettings::default());
+    };
+    let lease = c.duration(
+        &k(&["state", "lease"]),
+        r.lease.as_ref(),
+        Duration::from_secs(30),
+    )?;
+    let store = match r.backend.as_deref() {
+        None | Some("local") => {
+            // A URL or a lease with a local backend: the operator believes the
+            // state is shared, and it is not.
+            for (key, set) in [("url", r.url.is_some()), ("lease", r.lease.is_some())] {
+                if set {
+                    return Err(c.err(
+                        &k(&["state", key]),
+                        "not used when backend = \"local\" (set backend = \"postgres\" to share the lock and the journal)",
+                    ));
+                }
+            }
+            StateStore::Local
+        }
+        Some("postgres") => {
+            let url = match r.url {
+                Some(u) => u,
+                None => std::env::var("ROLLSCRIPT_STATE_URL")
+                    .ok()
+                    .filter(|u| !u.trim().is_empty())
+                    .ok_or_else(|| {
+                        c.err(
+                            &k(&["state"]),
+                            "missing key `url` (e.g. url = \"postgres://deploy@db/rollscript\"), or set ROLLSCRIPT_STATE_URL",
+                        )
+                    })?,
+            };
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(c.err(
+                    &k(&["state", "url"]),
+                    format!(
+                        "invalid URL {:?}: expected postgres://user@host/database",
+                        crate::redact::redact(&url)
+                    ),
+                ));
+            }
+            if lease < Duration::from_secs(1) {
+                return Err(c.err(
+                    &k(&["state", "lease"]),
+                    format!("{} is too short: at least 1s", format_duration(lease)),
+                ));
+            }
+            StateStore::Postgres { url }
+        }
+        Some(other) => {
+            return Err(c.err(
+                &k(&["state", "backend"]),
+                format!("unknown state backend {other:?}: expected \"local\" or \"postgres\""),
+            ))
+        }
+    };
+    Ok(StateSettings { store, lease })
 }
 
 fn deserialize(c: &Checker) -> Result<RawInventory, ConfigError> {

@@ -17,4 +17,5 @@ mod lb_contract;
 mod nginx;
 mod safety;
 mod ssh;
+mod state;
 mod strategies;

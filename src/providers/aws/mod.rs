@@ -463,6 +463,10 @@ impl LoadBalancer for ElbV2 {
                 ),
             ));
         }
+        if self.listener_arn.is_none() {
+            // Refused before any call: nothing can switch without it.
+            return self.set_target_group_weights(&[]).await;
+        }
         self.wait_pool_healthy(pool, groups[pool]).await?;
         let mut weights: Vec<(String, u32)> = Vec::new();
         for (name, arn) in &groups {

@@ -79,11 +79,12 @@ fn plan_lines_name_the_target_group_the_instance_id_and_the_port() {
         lb.describe(LbOp::WaitInService { timeout }, web1),
         "elbv2 tg/credit-radar-tg: wait until i-0abc is healthy (≤ 120s)"
     );
-    // No id yet: the host stands in until EC2 resolves it.
+    // No id yet: the host stands in until EC2 resolves it. web-2 is in pool
+    // green, which has a target group of its own: its steps act on that one.
     let web2 = inv.instance("web-2").unwrap();
     assert_eq!(
         lb.describe(LbOp::Register, web2),
-        "elbv2 tg/credit-radar-tg: register 10.0.1.11 (port 4000)"
+        "elbv2 tg/green-tg: register 10.0.1.11 (port 4000)"
     );
     lb.ids
         .lock()
@@ -91,7 +92,7 @@ fn plan_lines_name_the_target_group_the_instance_id_and_the_port() {
         .insert("10.0.1.11".into(), "i-0def".into());
     assert_eq!(
         lb.describe(LbOp::Deregister, web2),
-        "elbv2 tg/credit-radar-tg: deregister i-0def (port 4000)"
+        "elbv2 tg/green-tg: deregister i-0def (port 4000)"
     );
 }
 

@@ -632,8 +632,18 @@ impl Fleet {
     }
 
     /// The deploy lock of the default inventory.
+    /// The deploy lock of the fleet's inventory: one file per inventory
+    /// identity under `.rollscript/locks/` (`none.lock` when there is none).
     pub fn lock_path(&self) -> PathBuf {
-        self.path(".rollscript/lock")
+        let dir = self.path(".rollscript/locks");
+        fs::read_dir(&dir)
+            .ok()
+            .and_then(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "lock"))
+            })
+            .unwrap_or_else(|| dir.join("none.lock"))
     }
 }
 
