@@ -41,9 +41,14 @@ pub struct GlobalArgs {
     /// A value for the script, read with `var("KEY", default)`. Repeatable.
     #[arg(long = "var", value_name = "KEY=VALUE", global = true, value_parser = parse_var)]
     pub vars: Vec<(String, String)>,
-    /// Log format on stderr.
+    /// Log format on stderr: with `json` every line is one JSON object, the
+    /// run's summary included (docs/logs.md).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Also print the run's summary as one JSON object on stdout (for CI:
+    /// `rollscript run … --summary json | jq`).
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    pub summary: Option<SummaryArg>,
     /// More detail (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -55,6 +60,11 @@ pub struct GlobalArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryArg {
     Json,
 }
 

@@ -95,6 +95,24 @@ impl Entry {
         self.error.is_some()
     }
 
+    /// The outcome as one stable word, for machines: `updated`,
+    /// `rolled_back`, `restored`, `left_out`, `failed`, `parked`, `ok`,
+    /// `out_of_service`, `untouched`.
+    pub fn state(&self) -> &'static str {
+        if self.parked.is_some() {
+            return "parked";
+        }
+        match (&self.error, self.out, &self.compensation) {
+            (_, false, Some(_)) => "restored",
+            (_, true, _) => "left_out",
+            (Some(_), false, None) => "failed",
+            (None, false, None) if self.rolled_back => "rolled_back",
+            (None, false, None) if self.updated => "updated",
+            (None, false, None) if self.steps > 0 => "ok",
+            _ => "untouched",
+        }
+    }
+
     /// Done with, one way or another: updated, failed, or compensated.
     pub fn finished(&self) -> bool {
         self.current.is_none()

@@ -5,7 +5,11 @@
 //!
 //! - [`cli`]: clap definitions; nothing below it sees clap.
 //! - [`config`]: `rollscript.toml` → a validated [`config::Inventory`].
-//! - [`run`]: one command (`run`, `plan`, `check`, `api`) to an [`run::Outcome`].
+//! - [`run`]: `run` and `plan` as a pipeline of phases (load, prepare, preflight,
+//!   lock and journal, execute, settle, report); `check`, `api`.
+//! - [`outcome`]: how a command ends — an exit code, or a [`outcome::Failure`]
+//!   printed once by `main`, as text or JSON.
+//! - [`preflight`]: what a run checks before its first side effect.
 //! - [`engine`]: the Rhai host — the only module that imports `rhai`.
 //! - [`effects`]: the layer every side effect crosses (dry-run recorder,
 //!   cancellation, bookkeeping of instances taken out of service, capacity guard).
@@ -17,7 +21,6 @@
 //!   the lock's holder and the local lock file, [`journal`] the records.
 //! - [`recover`]: `recover`, `unlock`, `runs` — after a crash, from any machine.
 //! - [`redact`]: secrets masked in the lock, the journal and the logs.
-//! - [`guard`]: the capacity guard (check and deregister as one critical section).
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts.
 
@@ -28,11 +31,12 @@ pub mod compensate;
 pub mod config;
 pub mod effects;
 pub mod engine;
-pub mod guard;
 pub mod journal;
 pub mod ledger;
 pub mod lock;
+pub mod outcome;
 pub mod plan;
+pub mod preflight;
 pub mod primitives;
 pub mod providers;
 pub mod recover;

@@ -2,9 +2,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rollscript::cli::{self, Cli, Command, LogFormat, RunsCommand};
+use rollscript::cli::{self, Cli, Command, LogFormat, RunsCommand, SummaryArg};
 use rollscript::recover;
-use rollscript::run::{self, ApiFormat, Outcome, RunOptions};
+use rollscript::run::{self, ApiFormat, Failure, Outcome, RunOptions, SummaryFormat};
 use rollscript::ui;
 
 // Rhai allocates a value for nearly every step of a script; mimalloc makes a
@@ -21,10 +21,29 @@ fn main() -> ExitCode {
     };
     ui::init_logging(format, if g.quiet { -1 } else { g.verbose as i8 });
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    let vars = g.vars.iter().cloned().collect();
-    let inventory = g.inventory.clone();
+    // The one place a failure is printed and turned into an exit code.
+    let outcome = match runtime.block_on(dispatch(cli)) {
+        Ok(outcome) => outcome,
+        Err(failure) => {
+            ui::report_failure(&failure);
+            failure.outcome
+        }
+    };
+    // Don't wait for stray blocking tasks (a script thread stuck in a wait
+    // after the outcome is decided).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::from(outcome.exit_code())
+}
 
-    let outcome = match cli.command {
+async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
+    let g = cli.global;
+    let vars = g.vars.iter().cloned().collect();
+    let inventory = g.inventory;
+    let summary = match g.summary {
+        Some(SummaryArg::Json) => SummaryFormat::Json,
+        None => SummaryFormat::Off,
+    };
+    match cli.command {
         Command::Run {
             script,
             dry_run,
@@ -33,86 +52,80 @@ fn main() -> ExitCode {
             step,
             only_failed,
             include_parked,
-        } => runtime.block_on(run::run(RunOptions {
-            script,
-            inventory,
-            vars,
-            dry_run,
-            yes,
-            lock_wait,
-            only_failed,
-            step,
-            include_parked,
-        })),
-        Command::Plan { script } => runtime.block_on(run::run(RunOptions {
-            script,
-            inventory,
-            vars,
-            dry_run: true,
-            yes: true,
-            lock_wait: Duration::ZERO,
-            only_failed: None,
-            step: false,
-            include_parked: false,
-        })),
-        Command::Check { scripts } => runtime.block_on(async { run::check(&scripts) }),
+        } => {
+            run::run(RunOptions {
+                script,
+                inventory,
+                vars,
+                dry_run,
+                yes,
+                lock_wait,
+                only_failed,
+                step,
+                include_parked,
+                summary,
+            })
+            .await
+        }
+        Command::Plan { script } => {
+            run::run(RunOptions {
+                script,
+                inventory,
+                vars,
+                dry_run: true,
+                yes: true,
+                lock_wait: Duration::ZERO,
+                only_failed: None,
+                step: false,
+                include_parked: false,
+                summary,
+            })
+            .await
+        }
+        Command::Check { scripts } => run::check(&scripts),
         Command::Api {
             definitions: Some(dir),
             ..
-        } => runtime.block_on(async { run::api_definitions(&dir) }),
+        } => run::api_definitions(&dir),
         Command::Api { json, markdown, .. } => {
             let format = match (json, markdown) {
                 (true, _) => ApiFormat::Json,
                 (_, true) => ApiFormat::Markdown,
                 _ => ApiFormat::Text,
             };
-            print!("{}", runtime.block_on(async { run::api(format) }));
-            Outcome::Success
+            print!("{}", run::api(format));
+            Ok(Outcome::Success)
         }
-        Command::Recover { run, yes, force } => runtime.block_on(recover::recover(
-            &inventory,
-            &recover::RecoverOptions { run, yes, force },
-        )),
-        Command::Unlock { yes, force } => recover::unlock(&inventory, yes, force),
-        Command::Runs { show: None } => match recover::list_runs(&inventory) {
-            Ok(text) => {
-                print!("{text}");
-                Outcome::Success
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Outcome::Invalid
-            }
-        },
+        Command::Recover { run, yes, force } => {
+            Ok(recover::recover(&inventory, &recover::RecoverOptions { run, yes, force }).await)
+        }
+        Command::Unlock { yes, force } => Ok(recover::unlock(&inventory, yes, force)),
+        Command::Runs { show: None } => {
+            print!(
+                "{}",
+                recover::list_runs(&inventory).map_err(Failure::invalid)?
+            );
+            Ok(Outcome::Success)
+        }
         Command::Runs {
             show: Some(RunsCommand::Show { run }),
-        } => match recover::show_run(&inventory, &run) {
-            Ok(text) => {
-                print!("{text}");
-                Outcome::Success
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Outcome::Invalid
-            }
-        },
+        } => {
+            print!(
+                "{}",
+                recover::show_run(&inventory, &run).map_err(Failure::invalid)?
+            );
+            Ok(Outcome::Success)
+        }
         Command::Completions { shell } => {
             cli::print_completions(shell);
-            Outcome::Success
+            Ok(Outcome::Success)
         }
-        Command::Man { dir } => match cli::write_man_pages(&dir) {
-            Ok(files) => {
-                files.iter().for_each(|f| println!("{}", f.display()));
-                Outcome::Success
-            }
-            Err(e) => {
-                eprintln!("error: cannot write into {}: {e}", dir.display());
-                Outcome::Invalid
-            }
-        },
-    };
-    // Don't wait for stray blocking tasks (a script thread stuck in a wait
-    // after the outcome is decided).
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    ExitCode::from(outcome.exit_code())
+        Command::Man { dir } => {
+            let files = cli::write_man_pages(&dir).map_err(|e| {
+                Failure::invalid(format!("cannot write into {}: {e}", dir.display()))
+            })?;
+            files.iter().for_each(|f| println!("{}", f.display()));
+            Ok(Outcome::Success)
+        }
+    }
 }

@@ -110,7 +110,7 @@ pub async fn recover(inventory_path: &Path, opts: &RecoverOptions) -> Outcome {
 pub async fn recover_with(
     inventory_path: &Path,
     opts: &RecoverOptions,
-    make: impl FnOnce(&Arc<Inventory>) -> crate::primitives::Providers,
+    make: impl Fn(&Arc<Inventory>) -> crate::primitives::Providers,
 ) -> Outcome {
     let o = match open(inventory_path) {
         Ok(o) => o,
@@ -235,7 +235,8 @@ pub async fn recover_with(
             inventory.add_instance(known.clone().into());
         }
     }
-    let inventory = match providers::discover(inventory).await {
+    let discovery = make(&Arc::new(inventory.clone())).discovery;
+    let inventory = match providers::discover(inventory, &*discovery).await {
         Ok(inv) => inv,
         Err(e) => {
             eprintln!("error: discovering instances: {e}");

@@ -100,7 +100,7 @@ impl Env {
     fn recover(&self, fakes: &Fakes, opts: RecoverOptions) -> Outcome {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let p = fakes.providers();
-        rt.block_on(recover_with(&self.inventory(), &opts, move |_| p))
+        rt.block_on(recover_with(&self.inventory(), &opts, move |_| p.clone()))
     }
 
     /// A script setting an `on_compensate` step, and its sha256.

@@ -74,6 +74,7 @@ impl Env {
             only_failed: None,
             step: false,
             include_parked: false,
+            summary: crate::run::SummaryFormat::Off,
         }
     }
 
@@ -122,7 +123,8 @@ impl Env {
 fn run(env: &Env, fakes: &Fakes, vars: &[(&str, &str)]) -> Outcome {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let providers = fakes.providers();
-    rt.block_on(run_with(env.opts(vars), move |_| providers))
+    rt.block_on(run_with(env.opts(vars), move |_| providers.clone()))
+        .unwrap_or_else(|f| f.outcome)
 }
 
 /// A run of the shipped `scripts/{script}.rhai`.
@@ -131,7 +133,8 @@ fn run_script(env: &Env, fakes: &Fakes, script: &str, vars: &[(&str, &str)]) -> 
     let providers = fakes.providers();
     let mut opts = env.opts(vars);
     opts.script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scripts/{script}.rhai"));
-    rt.block_on(run_with(opts, move |_| providers))
+    rt.block_on(run_with(opts, move |_| providers.clone()))
+        .unwrap_or_else(|f| f.outcome)
 }
 
 fn end_of(records: &[Record]) -> (String, Vec<String>, Vec<String>) {
@@ -308,7 +311,7 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
             &Default::default(),
-            move |_| p
+            move |_| p.clone()
         )),
         Outcome::Success
     );
@@ -324,7 +327,7 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
             &Default::default(),
-            move |_| p
+            move |_| p.clone()
         )),
         Outcome::Success
     );
@@ -381,7 +384,8 @@ fn only_failed_reruns_just_the_instances_that_failed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let providers = again.providers();
     assert_eq!(
-        rt.block_on(run_with(opts, move |_| providers)),
+        rt.block_on(run_with(opts, move |_| providers.clone()))
+            .unwrap_or_else(|f| f.outcome),
         Outcome::Success
     );
     assert_eq!(again.ssh.calls.all(), vec!["ssh web-2: ./deploy.sh"]);
@@ -391,7 +395,8 @@ fn only_failed_reruns_just_the_instances_that_failed() {
     let none = Fakes::new();
     let providers = none.providers();
     assert_eq!(
-        rt.block_on(run_with(bad, move |_| providers)),
+        rt.block_on(run_with(bad, move |_| providers.clone()))
+            .unwrap_or_else(|f| f.outcome),
         Outcome::Invalid
     );
     assert!(none.lb.calls.all().is_empty());
@@ -485,7 +490,7 @@ fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
             &Default::default(),
-            move |_| p
+            move |_| p.clone()
         )),
         Outcome::Success
     );
@@ -505,7 +510,7 @@ fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
         rt.block_on(crate::recover::recover_with(
             &env.inventory(),
             &Default::default(),
-            move |_| p
+            move |_| p.clone()
         )),
         Outcome::Success
     );

@@ -14,6 +14,62 @@ use crate::plan::format_duration_long;
 /// registering: two minutes per instance, whatever the LB says.
 pub const RUNBOOK_SLEEPS_PER_INSTANCE: Duration = Duration::from_secs(120);
 
+/// One run's summary: a table for a terminal, an object for machines
+/// (`docs/logs.md` documents its fields; keep them stable).
+pub struct Summary<'a> {
+    pub run: &'a str,
+    pub entries: &'a [(String, Entry)],
+    pub elapsed: Duration,
+    pub journal: Option<&'a Path>,
+    pub outcome: crate::outcome::Outcome,
+}
+
+impl Summary<'_> {
+    pub fn render(&self) -> String {
+        render(
+            self.entries,
+            self.elapsed,
+            self.journal,
+            self.outcome.exit_code(),
+            self.outcome.meaning(),
+        )
+    }
+
+    /// `{"type":"summary","run":…,"exit_code":…,"instances":[…]}`.
+    pub fn json(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let instances: Vec<serde_json::Value> = self
+            .entries
+            .iter()
+            .map(|(name, e)| {
+                serde_json::json!({
+                    "name": name,
+                    "outcome": e.outcome(),
+                    "state": e.state(),
+                    "steps": e.steps,
+                    "time_ms": ms(e.duration()),
+                    "lb_wait_ms": ms(e.lb_wait),
+                    "error": e.error,
+                    "compensation": e.compensation,
+                    "parked": e.parked,
+                })
+            })
+            .collect();
+        let lb_wait: Duration = self.entries.iter().map(|(_, e)| e.lb_wait).sum();
+        serde_json::json!({
+            "type": "summary",
+            "run": self.run,
+            "exit_code": self.outcome.exit_code(),
+            "outcome": self.outcome.word(),
+            "meaning": self.outcome.meaning(),
+            "elapsed_ms": ms(self.elapsed),
+            "lb_wait_ms": ms(lb_wait),
+            "journal": self.journal.map(|p| p.display().to_string()),
+            "instances": instances,
+        })
+    }
+}
+
 pub fn render(
     entries: &[(String, Entry)],
     elapsed: Duration,

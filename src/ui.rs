@@ -25,12 +25,20 @@ pub enum Format {
 /// The bars' owner, when stderr is a terminal and the format is text.
 static MULTI: OnceLock<MultiProgress> = OnceLock::new();
 
+/// The log format chosen at start: text lines or JSON objects.
+static FORMAT: OnceLock<Format> = OnceLock::new();
+
+fn format() -> Format {
+    FORMAT.get().copied().unwrap_or(Format::Text)
+}
+
 fn multi() -> Option<&'static MultiProgress> {
     MULTI.get()
 }
 
 /// Installs the global subscriber. `verbosity`: -1 quiet, 0 normal, 1+ verbose.
 pub fn init_logging(format: Format, verbosity: i8) {
+    let _ = FORMAT.set(format);
     let level = match verbosity {
         i8::MIN..=-1 => "warn",
         0 => "info",
@@ -52,17 +60,20 @@ pub fn init_logging(format: Format, verbosity: i8) {
             ProgressDrawTarget::stderr_with_hz(10),
         ));
     }
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(LineWriter)
-        .with_timer(timer);
+    let builder = fmt().with_env_filter(filter).with_writer(LineWriter);
     let _ = match format {
+        // Machines get the full date, as every record of docs/logs.md has.
         Format::Json => builder
+            .with_timer(fmt::time::UtcTime::rfc_3339())
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        Format::Text => builder.with_target(false).with_ansi(color).try_init(),
+        Format::Text => builder
+            .with_timer(timer)
+            .with_target(false)
+            .with_ansi(color)
+            .try_init(),
     };
 }
 
@@ -142,6 +153,46 @@ pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
         Some(m) => m.suspend(f),
         None => f(),
     }
+}
+
+/// Prints a failure once: as a terminal shows it, or with JSON logs as one
+/// `{"level":"ERROR","type":"error",…}` object, so every line of stderr
+/// stays JSON.
+pub fn report_failure(f: &crate::outcome::Failure) {
+    match format() {
+        Format::Text => eprint_above(&crate::redact::redact(&f.to_string())),
+        Format::Json => json_line(serde_json::json!({
+            "level": "ERROR",
+            "type": "error",
+            "message": f.problems.join("; "),
+            "problems": f.problems,
+            "hint": f.hint,
+            "exit_code": f.outcome.exit_code(),
+        })),
+    }
+}
+
+/// The run summary: the table with text logs, a `summary` record with JSON.
+pub fn summary(table: &str, record: &serde_json::Value) {
+    match format() {
+        Format::Text => eprint_above(table),
+        Format::Json => {
+            let mut record = record.clone();
+            record["level"] = "INFO".into();
+            record["message"] = "run summary".into();
+            json_line(record);
+        }
+    }
+}
+
+/// One JSON object on stderr, stamped like the log's own records.
+fn json_line(mut record: serde_json::Value) {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    record["timestamp"] = now.into();
+    let line = crate::redact::redact(&record.to_string());
+    eprint_above(&format!("{line}\n"));
 }
 
 /// Prints `text` to stderr above the bars.

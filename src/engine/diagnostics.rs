@@ -165,6 +165,14 @@ impl Diagnostic {
         }
     }
 
+    /// One line: `file:line:col: message` (for JSON logs and summaries).
+    pub fn headline(&self) -> String {
+        match &self.location {
+            Some(at) => format!("{at}: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+
     /// rustc-style rendering.
     pub fn render(&self) -> String {
         let mut out = String::new();

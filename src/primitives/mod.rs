@@ -5,6 +5,7 @@
 
 mod error;
 mod quote;
+mod services;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 
 pub use error::{tail_lines, ActionError, ActionResult, ErrorKind};
 pub use quote::sh_quote;
+pub use services::{Database, DbLock, Discovery, Metrics, Notifier, Operator};
 
 use crate::config::Instance;
 
@@ -277,4 +279,9 @@ pub struct Providers {
     pub ssh: Arc<dyn Transport>,
     pub local: Arc<dyn Transport>,
     pub health: Arc<dyn HealthCheck>,
+    pub database: Arc<dyn Database>,
+    pub metrics: Arc<dyn Metrics>,
+    pub notifier: Arc<dyn Notifier>,
+    pub operator: Arc<dyn Operator>,
+    pub discovery: Arc<dyn Discovery>,
 }

@@ -193,6 +193,26 @@ pub fn summarise(attempts: &[Attempt]) -> String {
         .join(", then ")
 }
 
+/// The live [`crate::primitives::Metrics`]: Prometheus' HTTP API.
+pub struct PrometheusMetrics;
+
+#[async_trait]
+impl crate::primitives::Metrics for PrometheusMetrics {
+    async fn query(&self, url: &str, promql: &str) -> ActionResult<Option<f64>> {
+        prometheus_query(url, promql).await
+    }
+}
+
+/// The live [`crate::primitives::Notifier`]: Slack-compatible webhooks.
+pub struct WebhookNotifier;
+
+#[async_trait]
+impl crate::primitives::Notifier for WebhookNotifier {
+    async fn notify(&self, url: &str, message: &str) -> Result<(), String> {
+        notify(url, message).await
+    }
+}
+
 /// Posts a Slack-compatible webhook (`{"text": message}`): 5 s per attempt,
 /// 3 attempts with backoff. A notification that cannot be delivered is a
 /// warning, never a failed deploy, so this returns the last error as text.

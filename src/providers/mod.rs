@@ -18,11 +18,14 @@ mod output;
 mod poll;
 pub mod postgres;
 pub mod ssh;
+pub mod terminal;
 
 use std::sync::Arc;
 
-use crate::config::{Inventory, LbBackend};
-use crate::primitives::{LoadBalancer, Providers, Transport};
+use async_trait::async_trait;
+
+use crate::config::{Instance, Inventory, LbBackend};
+use crate::primitives::{ActionResult, Discovery, LoadBalancer, Providers, Transport};
 
 /// The live providers for `inv`. Constructors connect to nothing: the first
 /// call does, so a dry run built from the same inventory touches nothing.
@@ -47,37 +50,60 @@ pub fn build(inv: &Arc<Inventory>) -> Providers {
         ssh,
         local,
         health: Arc::new(http::HttpHealth::new()),
+        database: Arc::new(postgres::PgDatabase),
+        metrics: Arc::new(http::PrometheusMetrics),
+        notifier: Arc::new(http::WebhookNotifier),
+        operator: Arc::new(terminal::TerminalOperator),
+        discovery: Arc::new(LbDiscovery),
     }
 }
 
-/// Adds the members of the AWS target group to the inventory when
-/// `lb.discover = true` (the inventory's own entries win on a name or id
-/// clash). Any other inventory is returned as is.
-pub async fn discover(inv: Inventory) -> Result<Inventory, crate::primitives::ActionError> {
-    #[cfg(feature = "aws")]
-    if let LbBackend::Aws { discover: true, .. } = &inv.lb.backend {
-        let found = aws::ElbV2::new(Arc::new(inv.clone())).discover().await?;
-        let mut inv = inv;
-        for i in found {
-            let clash = inv
-                .instances
-                .iter()
-                .any(|x| x.name == i.name || (x.id.is_some() && x.id == i.id));
-            if !clash {
-                inv.add_instance(i);
-            }
+/// The live [`Discovery`]: the members of the AWS target group when
+/// `lb.discover = true`, nothing otherwise.
+pub struct LbDiscovery;
+
+#[async_trait]
+impl Discovery for LbDiscovery {
+    async fn discover(&self, inv: &Inventory) -> ActionResult<Vec<Instance>> {
+        #[cfg(feature = "aws")]
+        if let LbBackend::Aws { discover: true, .. } = &inv.lb.backend {
+            return aws::ElbV2::new(Arc::new(inv.clone())).discover().await;
         }
-        if inv.instances.is_empty() {
-            return Err(crate::primitives::ActionError::new(
-                crate::primitives::ErrorKind::Lb,
-                "lb.discover = true found no instance in the target group and the inventory lists none",
-            ));
-        }
-        tracing::info!(
-            "discovered {} instance(s) from the target group",
-            inv.instances.len()
-        );
+        let _ = inv;
+        Ok(Vec::new())
+    }
+}
+
+/// Adds what `discovery` finds to the inventory when `lb.discover = true`
+/// (the inventory's own entries win on a name or id clash). Any other
+/// inventory is returned as is.
+pub async fn discover(
+    inv: Inventory,
+    discovery: &dyn Discovery,
+) -> Result<Inventory, crate::primitives::ActionError> {
+    if !matches!(inv.lb.backend, LbBackend::Aws { discover: true, .. }) {
         return Ok(inv);
     }
+    let found = discovery.discover(&inv).await?;
+    let mut inv = inv;
+    for i in found {
+        let clash = inv
+            .instances
+            .iter()
+            .any(|x| x.name == i.name || (x.id.is_some() && x.id == i.id));
+        if !clash {
+            inv.add_instance(i);
+        }
+    }
+    if inv.instances.is_empty() {
+        return Err(crate::primitives::ActionError::new(
+            crate::primitives::ErrorKind::Lb,
+            "lb.discover = true found no instance in the target group and the inventory lists none",
+        ));
+    }
+    tracing::info!(
+        "discovered {} instance(s) from the target group",
+        inv.instances.len()
+    );
     Ok(inv)
 }

@@ -6,8 +6,29 @@
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
+use async_trait::async_trait;
+
 use crate::journal::redact;
-use crate::primitives::{ActionError, ActionResult, ErrorKind};
+use crate::primitives::{ActionError, ActionResult, Database, DbLock, ErrorKind};
+
+/// The live [`Database`]: a connection per lock, to the URL given.
+pub struct PgDatabase;
+
+#[async_trait]
+impl Database for PgDatabase {
+    async fn try_lock(&self, url: &str, key: i64) -> ActionResult<Option<Box<dyn DbLock>>> {
+        Ok(try_lock(url, key)
+            .await?
+            .map(|l| Box::new(l) as Box<dyn DbLock>))
+    }
+}
+
+#[async_trait]
+impl DbLock for AdvisoryLock {
+    async fn unlock(self: Box<Self>) {
+        AdvisoryLock::unlock(*self).await
+    }
+}
 
 pub struct AdvisoryLock {
     client: Client,

@@ -113,7 +113,8 @@ fn include_parked_deploys_a_parked_instance_and_leaves_it_out() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let p = fakes.providers();
     assert_eq!(
-        rt.block_on(crate::run::run_with(opts, move |_| p)),
+        rt.block_on(crate::run::run_with(opts, move |_| p.clone()))
+            .unwrap_or_else(|f| f.outcome),
         Outcome::Success
     );
     assert_eq!(deploys(&fakes).len(), 3);
@@ -296,4 +297,70 @@ fn a_canary_whose_gate_has_data_passes_its_bake() {
         Outcome::Success
     );
     assert_eq!(deploys(&fakes).len(), 3);
+}
+
+/// A script that asks, notifies and queries metrics: every one of those goes
+/// through its trait (the fakes here), never straight to a terminal or the
+/// network.
+const SERVICES_SCRIPT: &str = r#"
+if confirm("deploy?") {
+    notify("https://hooks.example.com/services/T0/B0/XYZ", "go");
+}
+let v = prometheus_query("http://prometheus:9090", "up");
+if v != () { throw "no data expected"; }
+"#;
+
+#[test]
+fn confirm_notify_and_metrics_go_through_their_traits() {
+    let env = Env::new("1");
+    std::fs::write(env.dir.path().join("services.rhai"), SERVICES_SCRIPT).unwrap();
+    let fakes = Fakes::new();
+    fakes
+        .services
+        .operator
+        .answers
+        .lock()
+        .unwrap()
+        .push_back("y".into());
+    let mut opts = env.opts(&[]);
+    opts.script = env.dir.path().join("services.rhai");
+    opts.yes = false;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = fakes.providers();
+    let outcome = rt
+        .block_on(crate::run::run_with(opts, move |_| p.clone()))
+        .unwrap_or_else(|f| f.outcome);
+    assert_eq!(outcome, Outcome::Success);
+    assert_eq!(fakes.services.operator.questions.all(), ["deploy? [y/N] "]);
+    assert_eq!(
+        fakes.services.notifier.calls.all(),
+        ["notify https://hooks.example.com/services/T0/B0/XYZ: go"]
+    );
+    assert_eq!(fakes.services.metrics.calls.all(), ["query up"]);
+    let journalled: Vec<String> = env
+        .journal()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Intent { op, .. } => Some(op),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(journalled, ["notify", "metrics"]);
+}
+
+#[test]
+fn confirm_without_a_terminal_and_without_yes_refuses_instead_of_guessing() {
+    let env = Env::new("1");
+    std::fs::write(env.dir.path().join("services.rhai"), SERVICES_SCRIPT).unwrap();
+    let fakes = Fakes::new();
+    let mut opts = env.opts(&[]);
+    opts.script = env.dir.path().join("services.rhai");
+    opts.yes = false;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = fakes.providers();
+    let outcome = rt
+        .block_on(crate::run::run_with(opts, move |_| p.clone()))
+        .unwrap_or_else(|f| f.outcome);
+    assert_eq!(outcome, Outcome::Failed);
+    assert!(fakes.services.notifier.calls.all().is_empty());
 }

@@ -390,6 +390,12 @@ async fn switch_pool_and_target_group_weights_rewrite_the_listener_forward_actio
     );
     let inv = cloud.inventory(&pools, &instances);
     let lb = cloud.lb(&inv);
+    // Each pool's instance a healthy target of its group: switch_pool waits
+    // for that before it rewrites the listener.
+    cloud.register_healthy(std::slice::from_ref(&blue_id)).await;
+    cloud
+        .register_healthy_in(&green, std::slice::from_ref(&green_id))
+        .await;
     let forward = || async {
         let out = cloud
             .elb

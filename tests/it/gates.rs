@@ -17,7 +17,10 @@ const RATE: u32 = 50;
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The seed's alert, on the canaries only (`$CANARY`: their `host:port`).
-const ERROR_RATE: &str = "sum(rate(http_requests_total{instance=~\"$CANARY\",code=~\"5..\"}[5s])) / sum(rate(http_requests_total{instance=~\"$CANARY\"}[5s]))";
+///
+/// Users' requests (`/`): an instance answers 503 while it boots, but only
+/// to the health checks — it is out of rotation then.
+const ERROR_RATE: &str = "sum(rate(http_requests_total{instance=~\"$CANARY\",path=\"/\",code=~\"5..\"}[5s])) / sum(rate(http_requests_total{instance=~\"$CANARY\",path=\"/\"}[5s]))";
 /// P95 from the app's histogram, against `max_p95` (seconds).
 const P95: &str = "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{instance=~\"$CANARY\"}[5s])))";
 

@@ -15,6 +15,7 @@ mod health;
 mod install;
 mod lb_contract;
 mod nginx;
+mod output;
 mod safety;
 mod ssh;
 mod state;

@@ -646,8 +646,14 @@ fn killed_and_recovered_from_the_other_working_copy(at: KillAt) {
                 "case \"$NAME\" in web-1) set -- \"bad-$1\" ;; esac\nexec \"$bin/deploy.sh\" \"$1\"",
             );
         }
-        KillAt::Drain => gate.hold(Some("faults/web-1 state drain"), "show stat"),
-        KillAt::Register => gate.hold(None, "faults/web-1 state ready"),
+        KillAt::Drain => gate.hold(
+            Some(&format!("{}/web-1 state drain", fleet.haproxy().backend)),
+            "show stat",
+        ),
+        KillAt::Register => gate.hold(
+            None,
+            &format!("{}/web-1 state ready", fleet.haproxy().backend),
+        ),
     }
     let socket = fleet.haproxy().socket.display().to_string();
     let gated = |t: String| {

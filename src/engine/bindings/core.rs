@@ -1,6 +1,5 @@
 //! Inventory access, `--var`, time, logging and prompts.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
 use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map, INT};
@@ -11,7 +10,7 @@ use crate::engine::context::{Answers, ScriptContext};
 use crate::engine::convert::{
     count_or_percent_arg, duration_arg, instance_map, invalid, throw, RhaiResult,
 };
-use crate::primitives::{sh_quote, ActionError, ErrorKind};
+use crate::primitives::sh_quote;
 
 pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     let c = ctx.clone();
@@ -283,29 +282,7 @@ fn typed_like(v: &str, default: &Dynamic) -> Dynamic {
 }
 
 fn confirm(c: &ScriptContext, msg: &str) -> RhaiResult<bool> {
-    if c.effects.is_dry_run() {
-        c.effects.note(format!("confirm: {msg}"));
-        return Ok(true);
-    }
-    if c.answers == Answers::Yes {
-        info!(target: "script", "{msg} [yes: --yes]");
-        return Ok(true);
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(throw(ActionError::new(
-            ErrorKind::Cancelled,
-            format!("confirm({msg:?}) needs a terminal to ask on; pass --yes to answer yes"),
-        )));
-    }
-    crate::ui::suspend(|| {
-        let mut err = std::io::stderr();
-        let _ = write!(err, "{msg} [y/N] ");
-        let _ = err.flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-        Ok(matches!(
-            line.trim().to_ascii_lowercase().as_str(),
-            "y" | "yes"
-        ))
-    })
+    c.effects
+        .confirm(msg, c.answers == Answers::Yes)
+        .map_err(throw)
 }

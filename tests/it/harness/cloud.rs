@@ -216,10 +216,15 @@ impl Cloud {
 
     /// What DescribeTargetHealth lists for the target group: (id, port, state), sorted.
     pub async fn targets(&self) -> Vec<(String, i32, String)> {
+        self.targets_of(&self.tg).await
+    }
+
+    /// What DescribeTargetHealth lists for target group `tg`: (id, port, state), sorted.
+    pub async fn targets_of(&self, tg: &str) -> Vec<(String, i32, String)> {
         let out = self
             .elb
             .describe_target_health()
-            .target_group_arn(&self.tg)
+            .target_group_arn(tg)
             .send()
             .await
             .unwrap();
@@ -245,7 +250,12 @@ impl Cloud {
     /// Registers `ids` in the target group on its port and waits until
     /// moto reports each `healthy` (it says `initial` for a second first).
     pub async fn register_healthy(&self, ids: &[String]) {
-        let mut register = self.elb.register_targets().target_group_arn(&self.tg);
+        self.register_healthy_in(&self.tg, ids).await
+    }
+
+    /// [`Self::register_healthy`] in target group `tg`.
+    pub async fn register_healthy_in(&self, tg: &str, ids: &[String]) {
+        let mut register = self.elb.register_targets().target_group_arn(tg);
         for id in ids {
             register = register.targets(
                 TargetDescription::builder()
@@ -262,7 +272,7 @@ impl Cloud {
         want.sort();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
-            let targets = self.targets().await;
+            let targets = self.targets_of(tg).await;
             if want.iter().all(|t| targets.contains(t)) {
                 return;
             }

@@ -3,6 +3,12 @@
 //! record every call so a test can assert the exact sequence. Real components
 //! are tested separately against sshd, HAProxy, nginx and moto.
 
+mod services;
+
+pub use services::{
+    FakeDatabase, FakeDiscovery, FakeMetrics, FakeNotifier, FakeOperator, ServiceFakes,
+};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -255,6 +261,7 @@ pub struct Fakes {
     pub lb: Arc<FakeLb>,
     pub ssh: Arc<FakeTransport>,
     pub health: Arc<FakeHealth>,
+    pub services: ServiceFakes,
 }
 
 impl Fakes {
@@ -263,15 +270,22 @@ impl Fakes {
             lb: Arc::new(FakeLb::default()),
             ssh: Arc::new(FakeTransport::default()),
             health: Arc::new(FakeHealth::default()),
+            services: ServiceFakes::default(),
         }
     }
 
     pub fn providers(&self) -> Providers {
+        let s = &self.services;
         Providers {
             lb: self.lb.clone(),
             ssh: self.ssh.clone(),
             local: Arc::new(super::local::LocalTransport),
             health: self.health.clone(),
+            database: s.database.clone(),
+            metrics: s.metrics.clone(),
+            notifier: s.notifier.clone(),
+            operator: s.operator.clone(),
+            discovery: s.discovery.clone(),
         }
     }
 }

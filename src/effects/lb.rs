@@ -1,0 +1,197 @@
+//! Load-balancer membership and the reads scripts make of it: deregister
+//! (through the capacity guard), drains, register, waits in service,
+//! blue/green pools, state and stats. Parked instances are skipped here.
+
+use std::time::Duration;
+
+use tracing::info;
+
+use super::{Effects, TYPICAL_REGISTER};
+use crate::config::{format_duration, Instance};
+use crate::plan::Estimate;
+use crate::primitives::{ActionResult, DrainReport, LbOp, MemberState, MemberStats};
+
+impl Effects {
+    // ---- load balancer ------------------------------------------------------
+
+    pub async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
+        if self.skip_parked(inst, "deregister") {
+            return Ok(());
+        }
+        let lb = &self.providers.lb;
+        let text = lb.describe(LbOp::Deregister, inst);
+        if self.is_dry_run() {
+            self.plan_capacity(inst)?;
+            self.record(text, Estimate::default());
+            self.ledger
+                .finish(&inst.name, "deregister", Duration::ZERO, None);
+            return Ok(());
+        }
+        // Held until the deregister is sent: check and act are one step.
+        let _section = self.take_capacity(inst).await?;
+        info!(instance = %inst.name, step = "deregister", "{text}");
+        self.act("deregister", Some(inst), &text, lb.deregister(inst))
+            .await
+    }
+
+    pub async fn wait_drained(&self, inst: &Instance) -> ActionResult<DrainReport> {
+        if self.skip_parked(inst, "wait_drained") {
+            return Ok(DrainReport::default());
+        }
+        let lb = &self.providers.lb;
+        let timeout = self.inventory.lb.drain_timeout;
+        let op = LbOp::WaitDrained { timeout };
+        if self.record(
+            lb.describe(op, inst),
+            Estimate::new(lb.typical_drain().min(timeout), timeout),
+        ) {
+            return Ok(DrainReport::default());
+        }
+        let text = lb.describe(op, inst);
+        info!(instance = %inst.name, step = "drain", "{text}");
+        let wait = async {
+            let drained = lb.wait_drained(inst, timeout);
+            if !crate::ui::has_progress() {
+                return drained.await;
+            }
+            // For the progress line: the connections still open, from the LB.
+            let watch = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(stats) = lb.stats(inst).await {
+                        if let Some(n) = stats.get("sessions") {
+                            self.ledger
+                                .set_detail(&inst.name, format!("{n} connections"));
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                r = drained => r,
+                _ = watch => unreachable!("the watch loops forever"),
+            }
+        };
+        let report = self.act("wait_drained", Some(inst), &text, wait).await?;
+        let saved = report
+            .configured_delay
+            .map(|d| d.saturating_sub(report.waited))
+            .filter(|d| !d.is_zero());
+        match saved {
+            Some(saved) => info!(
+                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
+                "{} drained in {} ({} sooner than the LB's fixed delay)",
+                inst.name, format_duration(report.waited), format_duration(saved)
+            ),
+            None => info!(
+                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
+                "{} drained in {}", inst.name, format_duration(report.waited)
+            ),
+        }
+        Ok(report)
+    }
+
+    pub async fn register(&self, inst: &Instance) -> ActionResult<()> {
+        if self.skip_parked(inst, "register") {
+            return Ok(());
+        }
+        let lb = &self.providers.lb;
+        let text = lb.describe(LbOp::Register, inst);
+        if self.record(text.clone(), Estimate::default()) {
+            // A plan assumes the LB takes it back: it counts as serving again.
+            self.ledger
+                .finish(&inst.name, "register", Duration::ZERO, None);
+            self.ledger.confirm_in(&inst.name);
+            return Ok(());
+        }
+        info!(instance = %inst.name, step = "register", "{text}");
+        self.act("register", Some(inst), &text, lb.register(inst))
+            .await
+    }
+
+    pub async fn wait_in_service(&self, inst: &Instance) -> ActionResult<Duration> {
+        if self.skip_parked(inst, "wait_in_service") {
+            return Ok(Duration::ZERO);
+        }
+        let lb = &self.providers.lb;
+        let timeout = self.inventory.lb.register_timeout;
+        let op = LbOp::WaitInService { timeout };
+        if self.record(
+            lb.describe(op, inst),
+            Estimate::new(TYPICAL_REGISTER.min(timeout), timeout),
+        ) {
+            return Ok(Duration::ZERO);
+        }
+        let text = lb.describe(op, inst);
+        info!(instance = %inst.name, step = "in_service", "{text}");
+        let waited = self
+            .act(
+                "wait_in_service",
+                Some(inst),
+                &text,
+                lb.wait_in_service(inst, timeout),
+            )
+            .await?;
+        info!(instance = %inst.name, step = "in_service", waited_ms = waited.as_millis() as u64,
+            "{} in service after {}", inst.name, format_duration(waited));
+        Ok(waited)
+    }
+
+    /// The blue/green pools taking traffic now, from the LB (a plan, which
+    /// asks nothing, assumes the first pool of `lb.pools` is live).
+    pub async fn live_pools(&self) -> ActionResult<Vec<String>> {
+        if self.is_dry_run() {
+            return Ok(self.inventory.lb.pools.keys().take(1).cloned().collect());
+        }
+        self.cancellable(self.providers.lb.live_pools(&self.inventory.instances))
+            .await
+    }
+
+    pub async fn switch_pool(&self, pool: &str) -> ActionResult<()> {
+        let lb = &self.providers.lb;
+        let bound = self.inventory.lb.register_timeout;
+        // The provider first waits for its own checks to pass on the pool.
+        let text = format!(
+            "{}, once the LB reports pool {pool} healthy (≤ {})",
+            lb.describe_switch(pool),
+            format_duration(bound)
+        );
+        if self.record(
+            text.clone(),
+            Estimate::new(TYPICAL_REGISTER.min(bound), bound),
+        ) {
+            return Ok(());
+        }
+        info!(step = "switch", "{text}");
+        self.act("switch_pool", None, &text, lb.switch_pool(pool))
+            .await
+    }
+
+    /// Reads are not side effects, but a dry run touches nothing: it reports
+    /// what the run itself would have caused.
+    pub async fn state(&self, inst: &Instance) -> ActionResult<MemberState> {
+        if self.is_dry_run() {
+            return Ok(if self.is_out(&inst.name) {
+                MemberState::OutOfService
+            } else {
+                MemberState::InService
+            });
+        }
+        self.cancellable(self.providers.lb.state(inst)).await
+    }
+
+    pub async fn stats(&self, inst: &Instance) -> ActionResult<MemberStats> {
+        if self.is_dry_run() {
+            return Ok(MemberStats::new());
+        }
+        self.cancellable(self.providers.lb.stats(inst)).await
+    }
+
+    pub async fn in_service_count(&self) -> ActionResult<usize> {
+        let fleet = &self.inventory.instances;
+        if self.is_dry_run() {
+            return Ok(fleet.iter().filter(|i| !self.is_out(&i.name)).count());
+        }
+        self.cancellable(self.providers.lb.in_service_count(fleet))
+            .await
+    }
+}
