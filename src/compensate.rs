@@ -46,6 +46,19 @@ pub fn compensate(
     targets: &[Target],
     hook: Option<Hook>,
 ) -> Vec<Fate> {
+    // While this runs a first Ctrl-C only warns (it would leave instances out).
+    effects.begin_compensation();
+    let fates = compensate_all(effects, handle, targets, hook);
+    effects.end_compensation();
+    fates
+}
+
+fn compensate_all(
+    effects: &Arc<Effects>,
+    handle: &Handle,
+    targets: &[Target],
+    hook: Option<Hook>,
+) -> Vec<Fate> {
     let lanes = effects
         .inventory
         .ssh

@@ -78,7 +78,9 @@ pub struct Effects {
     /// `--include-parked`: parked instances are deployed but stay out.
     include_parked: std::sync::atomic::AtomicBool,
     /// Compensation is under way: a first Ctrl-C must not cancel it.
-    compensating: std::sync::atomic::AtomicBool,
+    compensating: std::sync::atomic::AtomicUsize,
+    /// A signal came while compensating: the run stops once it is done.
+    stop_after_compensation: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,7 @@ impl Effects {
             parked: Default::default(),
             include_parked: Default::default(),
             compensating: Default::default(),
+            stop_after_compensation: Default::default(),
         }
     }
 
@@ -165,13 +168,30 @@ impl Effects {
 
     /// Compensation starts or ends: while it runs, a first Ctrl-C is only
     /// announced (cancelling it would leave instances out).
-    pub fn set_compensating(&self, on: bool) {
+    pub fn begin_compensation(&self) {
         self.compensating
-            .store(on, std::sync::atomic::Ordering::SeqCst);
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The last compensation under way ended: a signal that came during it
+    /// now stops the run (at its next safe point).
+    pub fn end_compensation(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.compensating.fetch_sub(1, SeqCst) == 1
+            && self.stop_after_compensation.swap(false, SeqCst)
+        {
+            self.cancel_token().cancel();
+        }
+    }
+
+    /// A signal during compensation: let it finish, then stop.
+    pub fn stop_after_compensation(&self) {
+        self.stop_after_compensation
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn is_compensating(&self) -> bool {
-        self.compensating.load(std::sync::atomic::Ordering::SeqCst)
+        self.compensating.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     /// Checks the inventory against the LB (reads only): one sentence per

@@ -47,7 +47,6 @@ pub(crate) async fn settle(run: &Prepared, session: &Session, executed: Executed
     let targets = effects.ledger.needs_compensation();
     if !targets.is_empty() {
         effects.renew_cancel();
-        effects.set_compensating(true);
         warn!(
             "the run {} with {} instance(s) out of service: {} — compensating",
             if outcome == Outcome::Success {
@@ -72,7 +71,6 @@ pub(crate) async fn settle(run: &Prepared, session: &Session, executed: Executed
             compensate::compensate(&effects2, &handle, &targets, hook_ref)
         })
         .await;
-        effects.set_compensating(false);
     }
     // Weights a failed run shifted go back as configured (a successful run
     // keeps what the script left).

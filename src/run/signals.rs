@@ -33,6 +33,7 @@ pub(crate) async fn watch(effects: Arc<Effects>) {
         }
         if effects.is_compensating() && !warned_compensating {
             warned_compensating = true;
+            effects.stop_after_compensation();
             warn!(
                 "compensating {} instance(s) so that none is left out; press Ctrl-C again to stop at once",
                 effects.out_of_service().len()

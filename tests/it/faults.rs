@@ -466,6 +466,16 @@ fn the_lb_api_going_away_mid_run_leaves_the_instance_out_named_then_recover_rest
 
 #[test]
 fn sigint_during_a_drain_compensates_the_instance_and_exits_130_with_zero_failed_requests() {
+    signal_during_a_drain(libc::SIGINT);
+}
+
+/// The operator's ssh session dropped: SIGHUP is handled like SIGTERM.
+#[test]
+fn sighup_during_a_drain_compensates_the_instance_like_sigint_and_leaves_everything_in_service() {
+    signal_during_a_drain(libc::SIGHUP);
+}
+
+fn signal_during_a_drain(sig: i32) {
     let fleet = start();
     let load = fleet.load();
     wait_until("the load to get going", Duration::from_secs(10), || {
@@ -507,7 +517,7 @@ fn sigint_during_a_drain_compensates_the_instance_and_exits_130_with_zero_failed
     });
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(fleet.haproxy().status("web-1"), "DRAIN", "still draining");
-    run.signal(libc::SIGINT);
+    run.signal(sig);
     let r = run.wait(RUN_TIMEOUT);
     let slow: Vec<_> = slow.into_iter().map(|t| t.join().unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -580,6 +590,50 @@ fn sigint_during_a_drain_compensates_the_instance_and_exits_130_with_zero_failed
         traffic.summary()
     );
     assert!(traffic.ok() > 20, "{}", traffic.summary());
+}
+
+/// A first Ctrl-C while compensation runs only says so: stopping it would
+/// leave the instance out. Compensation completes; everything serves.
+#[test]
+fn a_ctrl_c_during_compensation_does_not_stop_it_and_everything_ends_in_service() {
+    let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
+    // web-1's release never turns healthy; its rollback waits for the test.
+    fleet.set_deploy(
+        "case \"$NAME\" in web-1) set -- \"bad-$1\" ;; esac\nexec \"$bin/deploy.sh\" \"$1\"",
+    );
+    let rollback = fleet.wrapper(
+        "rollback-test.sh",
+        "mark rolling-back-$NAME\nwait_for go-rollback\nexec \"$bin/rollback.sh\"",
+    );
+    fleet
+        .inventory()
+        .deploy(&fleet.test_deploy())
+        .rollback(&rollback)
+        .set("health", "retries", "30")
+        .set("health", "interval", &toml_str("100ms"))
+        .write(&fleet.inventory_path());
+    let run = fleet.spawn("run", run_cmd(&fleet, &[]));
+    fleet.wait_ctl("rolling-back-web-1", Duration::from_secs(60));
+    run.signal(libc::SIGINT);
+    wait_until("the warning", Duration::from_secs(10), || {
+        run.stderr_so_far()
+            .contains("press Ctrl-C again to stop at once")
+    });
+    fleet.touch("go-rollback");
+    let r = run.wait(RUN_TIMEOUT);
+    let j = fleet.journal();
+    let ctx = context(&r, &j);
+    // Interrupted — once compensation was done.
+    assert_eq!(r.code, Some(130), "{ctx}");
+    assert!(
+        r.stderr.contains("compensating 1 instance(s) so that none is left out; press Ctrl-C again to stop at once"),
+        "{ctx}"
+    );
+    assert!(!r.stderr.contains("stopping now"), "{ctx}");
+    assert_fleet_on(&fleet, "v1", &ctx);
+    let comps = j.compensations();
+    assert_eq!(comps.len(), 1, "{ctx}");
+    assert!(comps[0].1, "web-1 restored\n{ctx}");
 }
 
 // ---- 6 ------------------------------------------------------------------------

@@ -19,8 +19,10 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 /// The seed's alert, on the canaries only (`$CANARY`: their `host:port`).
 ///
 /// Users' requests (`/`): an instance answers 503 while it boots, but only
-/// to the health checks — it is out of rotation then.
-const ERROR_RATE: &str = "sum(rate(http_requests_total{instance=~\"$CANARY\",path=\"/\",code=~\"5..\"}[5s])) / sum(rate(http_requests_total{instance=~\"$CANARY\",path=\"/\"}[5s]))";
+/// to the health checks — it is out of rotation then. `or vector(0)`: a
+/// release that never answered a 5xx has no 5xx series at all, which is a
+/// rate of 0, not "no data" (the denominator still says whether it served).
+const ERROR_RATE: &str = "(sum(rate(http_requests_total{instance=~\"$CANARY\",path=\"/\",code=~\"5..\"}[5s])) or vector(0)) / sum(rate(http_requests_total{instance=~\"$CANARY\",path=\"/\"}[5s]))";
 /// P95 from the app's histogram, against `max_p95` (seconds).
 const P95: &str = "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{instance=~\"$CANARY\"}[5s])))";
 
