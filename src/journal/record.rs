@@ -72,6 +72,15 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rolled_back: bool,
     },
+    /// What a step was told from outside the run: the operator's answer to
+    /// `confirm` or `--step` (`step` = `confirm` | `step`), or a metrics
+    /// query's value (`step` = `metrics`, `answer` = the number or `no data`).
+    Answer {
+        at: String,
+        step: String,
+        question: String,
+        answer: String,
+    },
     RunEnd {
         at: String,
         outcome: String,

@@ -158,6 +158,14 @@ pub fn show_run(inventory: &Path, id: &str) -> Result<String, String> {
                 )
                 .unwrap();
             }
+            Record::Answer {
+                at,
+                step,
+                question,
+                answer,
+            } => {
+                writeln!(out, "      {}  {step}: {question}: {answer}", time_of(at)).unwrap();
+            }
             Record::RunEnd {
                 at,
                 outcome,
