@@ -166,6 +166,23 @@ impl Effects {
         self.guard.changed();
     }
 
+    /// Compensates `name` now when this run has it out of service (the
+    /// script's `compensate(inst)`), as the runtime does after a failure:
+    /// true when it is back in service, or was never out. Blocking.
+    pub fn compensate_now(self: &Arc<Self>, handle: &tokio::runtime::Handle, name: &str) -> bool {
+        let Some(target) = self
+            .ledger
+            .out_of_service()
+            .into_iter()
+            .find(|t| t.name == name)
+        else {
+            return true;
+        };
+        crate::compensate::compensate(self, handle, &[target], None)
+            .first()
+            .is_some_and(|f| f.restored)
+    }
+
     /// Compensation starts or ends: while it runs, a first Ctrl-C is only
     /// announced (cancelling it would leave instances out).
     pub fn begin_compensation(&self) {
