@@ -81,6 +81,9 @@ pub struct Effects {
     compensating: std::sync::atomic::AtomicUsize,
     /// A signal came while compensating: the run stops once it is done.
     stop_after_compensation: std::sync::atomic::AtomicBool,
+    /// Connections being opened ahead ([`Effects::connect_ahead`]): awaited
+    /// before the transport closes.
+    warming: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,7 @@ impl Effects {
             include_parked: Default::default(),
             compensating: Default::default(),
             stop_after_compensation: Default::default(),
+            warming: Default::default(),
         }
     }
 
@@ -348,6 +352,10 @@ impl Effects {
     /// Closes every connection the run opened.
     pub async fn close(&self) {
         let started = Instant::now();
+        let warming = std::mem::take(&mut *self.warming.lock().unwrap());
+        for w in warming {
+            let _ = w.await;
+        }
         self.providers.ssh.close().await;
         if started.elapsed() > Duration::from_secs(2) {
             warn!(

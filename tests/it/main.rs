@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod ahead;
 mod aws;
 mod aws_rolling;
 mod cli;
