@@ -67,6 +67,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             })
             .await
         }
+        Command::Init(args) => rollscript::init::init(cli::init_options(args, inventory)).await,
         Command::Plan { script } => {
             run::run(RunOptions {
                 script,

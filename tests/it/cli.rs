@@ -273,6 +273,7 @@ fn completions_and_help_with_examples() {
         "runs",
         "completions",
         "man",
+        "init",
     ] {
         let out = rollscript().args([sub, "--help"]).output().unwrap();
         assert!(
