@@ -11,6 +11,7 @@ const EXAMPLES: &str = "\
 Examples:
   rollscript init --lb haproxy --socket /run/haproxy/admin.sock --backend app
                                                        write rollscript.toml from the live load balancer
+  rollscript doctor                                    would a deploy work? checks everything, touches nothing
   rollscript run scripts/rolling.rhai                  zero-downtime rolling deploy of ./rollscript.toml
   rollscript run scripts/rolling.rhai --var batch=25%  a quarter of the fleet at a time
   rollscript plan scripts/canary.rhai -i prod.toml     dry run: every step, nothing touched
@@ -103,6 +104,9 @@ pub enum Command {
     /// Write a starter inventory (-i, default rollscript.toml) from the live load balancer.
     #[command(after_help = INIT_EXAMPLES)]
     Init(InitArgs),
+    /// Prove a deploy can work, touching nothing: LB rights, inventory vs LB, ssh, app.deploy, health, capacity, state.
+    #[command(after_help = DOCTOR_EXAMPLES)]
+    Doctor,
     /// Dry run: print every step the script would take and an estimated duration. Touches nothing.
     #[command(
         after_help = "Example:\n  rollscript plan scripts/rolling.rhai -i examples/haproxy.toml --var batch=2"
@@ -184,7 +188,19 @@ Examples:
 
 Instances (names, addresses, ports) are read from the load balancer; the
 rest are the seed's defaults or the flags given, every guess marked
-`# guess:` in the file. Then: rollscript plan scripts/rolling.rhai";
+`# guess:` in the file. Then: rollscript doctor, rollscript plan scripts/rolling.rhai";
+
+const DOCTOR_EXAMPLES: &str = "\
+Examples:
+  rollscript doctor
+  rollscript doctor -i prod.toml --summary json | jq '.checks[] | select(.ok | not)'
+
+Checks, in parallel: the LB answers with the rights a deploy needs (HAProxy
+`level admin`, nginx's test command, ELBv2 describe calls), each instance is
+the LB's at the inventory's address, ssh connects (strict host keys) and runs
+`true`, app.deploy's program exists on the host, the health check passes now,
+the capacity guard could take each instance out, the state is writable and
+the deploy lock free. Exit 0 only when all pass; 1 otherwise.";
 
 /// `rollscript init`: where the fleet is read from, and what replaces a guess.
 #[derive(Debug, Args)]

@@ -274,6 +274,7 @@ fn completions_and_help_with_examples() {
         "completions",
         "man",
         "init",
+        "doctor",
     ] {
         let out = rollscript().args([sub, "--help"]).output().unwrap();
         assert!(

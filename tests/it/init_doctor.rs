@@ -374,3 +374,168 @@ async fn init_from_a_target_group_in_moto_writes_an_inventory_plan_accepts() {
         String::from_utf8_lossy(&plan.stderr)
     );
 }
+
+// ---- doctor -------------------------------------------------------------------
+
+#[test]
+fn doctor_on_a_healthy_haproxy_fleet_exits_0_within_5_seconds_with_every_check_passed() {
+    let _one = one_fleet_at_a_time();
+    let fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
+    fleet.inventory().write(&fleet.inventory_path());
+    let out = fleet.exec(
+        "doctor",
+        fleet.rollscript(&["doctor", "--summary", "json"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    println!(
+        "doctor on 3 healthy instances: {:.2}s",
+        out.took.as_secs_f64()
+    );
+    assert!(
+        out.took < Duration::from_secs(5),
+        "doctor took {:?}\n{}",
+        out.took,
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("17 of 17 checks passed"),
+        "{}",
+        out.dump()
+    );
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(report["type"], "doctor");
+    assert_eq!(report["ok"], true);
+    let checks = report["checks"].as_array().unwrap();
+    for name in fleet.names() {
+        for check in ["lb_member", "ssh", "deploy", "health", "capacity"] {
+            let c = checks
+                .iter()
+                .find(|c| c["instance"] == name.as_str() && c["check"] == check)
+                .unwrap_or_else(|| panic!("no {check} for {name}: {report}"));
+            assert_eq!(c["status"], "ok", "{c}");
+        }
+    }
+}
+
+#[test]
+fn doctor_names_each_broken_instance_and_check_and_touches_nothing() {
+    let _one = one_fleet_at_a_time();
+    let mut fleet = FleetSpec::new(LbKind::Haproxy, 3).start();
+    // web-2's host key missing from known_hosts.
+    let web2 = fleet.instances[1].clone();
+    let known: String = fs::read_to_string(&fleet.ssh.known_hosts)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with(&format!("[{}]:{} ", web2.ip, web2.ssh_port)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let kh = fleet.path("known_hosts_without_web2");
+    fs::write(&kh, known).unwrap();
+    fleet
+        .inventory()
+        .set("ssh", "known_hosts", &toml_str(&s(&kh)))
+        // A health path the app answers 404.
+        .set("health", "path", "\"/no-such-page\"")
+        // The runtime API at `level user`.
+        .set(
+            "lb",
+            "socket",
+            &toml_str(&s(&fleet.haproxy().user_socket())),
+        )
+        .write(&fleet.inventory_path());
+    // web-1's sshd stopped.
+    fleet.stop_sshd("web-1");
+
+    let sampler = fleet.sampler();
+    let out = fleet.exec(
+        "doctor",
+        fleet.rollscript(&["doctor"]),
+        Duration::from_secs(60),
+    );
+    let json = fleet.exec(
+        "doctor-json",
+        fleet.rollscript(&["doctor", "--log-format", "json"]),
+        Duration::from_secs(60),
+    );
+    let lb = sampler.stop();
+    let ctx = format!("{}\n--- lb\n{}", out.dump(), lb.render());
+
+    assert_eq!(out.code, Some(1), "{ctx}");
+    let problems = out
+        .stderr
+        .split("\nProblems\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Problems section\n{ctx}"));
+    for needle in [
+        "fleet: lb_rights: HAProxy runtime API at ",
+        "answers at level user: it would refuse `set server … state drain` (Permission denied) — declare it `stats socket ",
+        "level admin` in haproxy.cfg's global section and reload HAProxy",
+        &format!("web-1: ssh: connection refused by {} port {}", fleet.instances[0].ip, fleet.instances[0].ssh_port),
+        &format!("web-2: ssh: the host key of [{}]:{} is not in {}", web2.ip, web2.ssh_port, s(&kh)),
+        &format!("web-1: health: GET http://{}/no-such-page: 404", fleet.instances[0].addr()),
+        &format!("web-2: health: GET http://{}/no-such-page: 404", web2.addr()),
+        &format!("web-3: health: GET http://{}/no-such-page: 404", fleet.instances[2].addr()),
+        "— expected 200: check health.path",
+    ] {
+        assert!(problems.contains(needle), "{needle:?} in\n{ctx}");
+    }
+    // What works is not blamed: web-3's ssh and deploy, every LB member.
+    for ok in [
+        "web-3: ssh",
+        "web-3: deploy",
+        "lb_member",
+        "capacity",
+        "web-1: deploy",
+    ] {
+        assert!(!problems.contains(ok), "{ok:?} is not a problem\n{ctx}");
+    }
+    assert!(out.stderr.contains("exit 1: 6 checks failed"), "{ctx}");
+
+    // The same table as data, the last line of a JSON log.
+    assert_eq!(json.code, Some(1), "{}", json.dump());
+    let last: serde_json::Value =
+        serde_json::from_str(json.stderr.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "doctor", "{last}");
+    assert_eq!(last["ok"], false);
+    assert_eq!(last["failed"], 6);
+    let failed: Vec<(String, String)> = last["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| {
+            (
+                c["instance"].as_str().unwrap_or("fleet").to_string(),
+                c["check"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("fleet", "lb_rights"),
+        ("web-1", "ssh"),
+        ("web-1", "health"),
+        ("web-2", "ssh"),
+        ("web-2", "health"),
+        ("web-3", "health"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(failed, want, "{last}");
+
+    // Nothing changed: every server UP at every sample, no release changed.
+    assert!(lb.count() > 0 && lb.failed_reads() == 0, "{ctx}");
+    assert_eq!(lb.states().len(), 1, "the LB never changed\n{ctx}");
+    assert_eq!(lb.min_in_service(), 3, "{ctx}");
+    assert!(
+        fleet.versions().iter().all(|(_, v)| v == "v1"),
+        "{:?}",
+        fleet.versions()
+    );
+    assert!(
+        fleet.journals().is_empty(),
+        "no run journal: {:?}",
+        fleet.journals()
+    );
+}
