@@ -100,6 +100,10 @@ pub enum Command {
         /// on ELBv2). They are left out of rotation afterwards.
         #[arg(long)]
         include_parked: bool,
+        /// Run every check of `rollscript doctor` first; any failure refuses
+        /// the run (exit 2, nothing touched).
+        #[arg(long, conflicts_with = "dry_run")]
+        preflight: bool,
     },
     /// Write a starter inventory (-i, default rollscript.toml) from the live load balancer.
     #[command(after_help = INIT_EXAMPLES)]

@@ -11,7 +11,7 @@
 //!   printed once by `main`, as text or JSON.
 //! - [`preflight`]: what a run checks before its first side effect.
 //! - [`init`]: `rollscript init`, a starter inventory read from the live load balancer.
-//! - [`doctor`]: `rollscript doctor`: would a deploy
+//! - [`doctor`]: `rollscript doctor` and `run --preflight`: would a deploy
 //!   work? Every check read-only, in parallel, as one table.
 //! - [`engine`]: the Rhai host — the only module that imports `rhai`.
 //! - [`effects`]: the layer every side effect crosses (dry-run recorder,

@@ -52,6 +52,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             step,
             only_failed,
             include_parked,
+            preflight,
         } => {
             run::run(RunOptions {
                 script,
@@ -63,6 +64,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
                 only_failed,
                 step,
                 include_parked,
+                preflight,
                 summary,
             })
             .await
@@ -80,6 +82,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
                 only_failed: None,
                 step: false,
                 include_parked: false,
+                preflight: false,
                 summary,
             })
             .await

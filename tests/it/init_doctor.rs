@@ -152,11 +152,18 @@ fn init_from_a_live_haproxy_backend_writes_an_inventory_that_plan_and_a_real_run
         "-i",
         &inv_s,
         "--yes",
+        "--preflight",
         "--var",
         "version=v2",
     ]);
     let load = load.stop();
     assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.stderr
+            .contains("preflight: all 17 checks of `rollscript doctor` passed"),
+        "{}",
+        run.dump()
+    );
     assert!(
         fleet.versions().iter().all(|(_, v)| v == "v2"),
         "{:?}\n{}",
@@ -458,8 +465,21 @@ fn doctor_names_each_broken_instance_and_check_and_touches_nothing() {
         fleet.rollscript(&["doctor", "--log-format", "json"]),
         Duration::from_secs(60),
     );
+    // --preflight refuses the run with the same findings, nothing touched.
+    let run = fleet.exec(
+        "run",
+        fleet.rollscript(&[
+            "run",
+            "scripts/rolling.rhai",
+            "--yes",
+            "--preflight",
+            "--var",
+            "version=v2",
+        ]),
+        Duration::from_secs(60),
+    );
     let lb = sampler.stop();
-    let ctx = format!("{}\n--- lb\n{}", out.dump(), lb.render());
+    let ctx = format!("{}\n{}\n--- lb\n{}", out.dump(), run.dump(), lb.render());
 
     assert_eq!(out.code, Some(1), "{ctx}");
     let problems = out
@@ -523,6 +543,14 @@ fn doctor_names_each_broken_instance_and_check_and_touches_nothing() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(failed, want, "{last}");
+
+    assert_eq!(run.code, Some(2), "{ctx}");
+    assert!(
+        run.stderr
+            .contains("nothing was touched: --preflight refused the run"),
+        "{ctx}"
+    );
+    assert!(run.stderr.contains("web-2: ssh: the host key of"), "{ctx}");
 
     // Nothing changed: every server UP at every sample, no release changed.
     assert!(lb.count() > 0 && lb.failed_reads() == 0, "{ctx}");
