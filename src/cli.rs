@@ -107,7 +107,7 @@ pub enum Command {
     },
     /// Write a starter inventory (-i, default rollscript.toml) from the live load balancer.
     #[command(after_help = INIT_EXAMPLES)]
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Prove a deploy can work, touching nothing: LB rights, inventory vs LB, ssh, app.deploy, health, capacity, state.
     #[command(after_help = DOCTOR_EXAMPLES)]
     Doctor,

@@ -69,7 +69,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             })
             .await
         }
-        Command::Init(args) => rollscript::init::init(cli::init_options(args, inventory)).await,
+        Command::Init(args) => rollscript::init::init(cli::init_options(*args, inventory)).await,
         Command::Doctor => rollscript::doctor::doctor(&inventory, summary).await,
         Command::Plan { script } => {
             run::run(RunOptions {
