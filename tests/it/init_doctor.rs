@@ -567,3 +567,36 @@ fn doctor_names_each_broken_instance_and_check_and_touches_nothing() {
         fleet.journals()
     );
 }
+
+#[test]
+fn doctor_on_an_nginx_fleet_runs_its_test_command_and_passes() {
+    let _one = one_fleet_at_a_time();
+    let fleet = FleetSpec::new(LbKind::Nginx, 2).start();
+    fleet.inventory().write(&fleet.inventory_path());
+    let out = fleet.exec(
+        "doctor",
+        fleet.rollscript(&["doctor", "--summary", "json"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    println!(
+        "doctor on 2 nginx instances: {:.2}s",
+        out.took.as_secs_f64()
+    );
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let rights = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "lb_rights")
+        .unwrap()
+        .clone();
+    assert_eq!(rights["status"], "ok", "{report}");
+    assert!(
+        rights["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("lb.test_command `"),
+        "{rights}"
+    );
+}
