@@ -13,6 +13,7 @@ mod faults;
 mod gates;
 mod haproxy;
 mod health;
+mod init_doctor;
 mod install;
 mod lb_contract;
 mod nginx;
