@@ -179,7 +179,28 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
     };
 
     let h = raw.health.unwrap_or_default();
+    let on_host = match (h.via.as_deref(), h.command.as_deref()) {
+        (_, Some(cmd)) if cmd.trim().is_empty() => {
+            return Err(c.err(&k(&["health", "command"]), "empty command"))
+        }
+        (Some("http"), Some(_)) => {
+            return Err(c.err(
+                &k(&["health", "via"]),
+                "health.command runs on the instance: set via = \"ssh\" or leave via out",
+            ))
+        }
+        (None | Some("ssh"), Some(cmd)) => Some(OnHost::Command(cmd.to_string())),
+        (None | Some("http"), None) => None,
+        (Some("ssh"), None) => Some(OnHost::Curl),
+        (Some(other), _) => {
+            return Err(c.err(
+                &k(&["health", "via"]),
+                format!("expected \"http\" or \"ssh\", got {other:?}"),
+            ))
+        }
+    };
     let health = HealthSettings {
+        on_host,
         scheme: match h.scheme.as_deref() {
             None | Some("http") => "http".into(),
             Some("https") => "https".into(),
@@ -231,7 +252,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
     };
 
     let instances = instances(&c, raw.instances)?;
-    let lb = lb(&c, raw.lb.unwrap_or_default(), &instances)?;
+    let lbs = lbs(&c, raw.lb, &instances)?;
+    let lb = super::lbs::merged(&lbs);
     distinct_addresses(&c, &instances, health.port)?;
 
     let database = match raw.database {
@@ -273,6 +295,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
         ssh,
         health,
         lb,
+        lbs,
         database,
         state,
         instances,
@@ -521,11 +544,72 @@ fn valid_user(user: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// `[lb]` or `[[lb]]`, each entry checked by [`lb`] at its own key
+/// (`lb.socket`, `lb[1].socket`), names made unique.
+fn lbs(
+    c: &Checker,
+    raw: Option<super::raw::RawLbs>,
+    instances: &[Instance],
+) -> Result<Vec<LbSettings>, ConfigError> {
+    use super::raw::RawLbs;
+    let entries: Vec<(Vec<Seg>, super::raw::RawLb)> = match raw {
+        None => vec![(k(&["lb"]), Default::default())],
+        Some(RawLbs::One(l)) => vec![(k(&["lb"]), l)],
+        Some(RawLbs::Many(v)) if v.is_empty() => {
+            return Err(c.err(
+                &k(&["lb"]),
+                "an empty [[lb]] list: add an entry with a kind",
+            ))
+        }
+        Some(RawLbs::Many(v)) => v
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (vec![Seg::Key("lb".into()), Seg::Index(i)], l))
+            .collect(),
+    };
+    let names = super::lbs::default_names(
+        &entries
+            .iter()
+            .map(|(_, l)| l.kind.clone().unwrap_or_else(|| "none".into()))
+            .collect::<Vec<_>>(),
+    );
+    let mut out: Vec<LbSettings> = Vec::new();
+    for ((at, l), default_name) in entries.into_iter().zip(names) {
+        let settings = lb(c, &at, l, instances, default_name)?;
+        let mut key = at.clone();
+        key.push(Seg::Key("name".into()));
+        if out.iter().any(|o| o.name == settings.name) {
+            return Err(c.err(
+                &key,
+                format!("two load balancers are named {:?}", settings.name),
+            ));
+        }
+        if !valid_name(&settings.name) {
+            return Err(c.err(
+                &key,
+                format!(
+                    "invalid name {:?}: use letters, digits, '-', '_' or '.'",
+                    settings.name
+                ),
+            ));
+        }
+        out.push(settings);
+    }
+    Ok(out)
+}
+
 fn lb(
     c: &Checker,
+    at: &[Seg],
     l: super::raw::RawLb,
     instances: &[Instance],
+    default_name: String,
 ) -> Result<LbSettings, ConfigError> {
+    let k = |parts: &[&str]| -> Vec<Seg> {
+        let mut v = at.to_vec();
+        v.extend(parts.iter().skip(1).map(|p| Seg::Key(p.to_string())));
+        v
+    };
     let kind = l.kind.clone().unwrap_or_else(|| "none".into());
     let need = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
         v.clone().ok_or_else(|| {
@@ -619,7 +703,7 @@ fn lb(
     let discovers = matches!(backend, LbBackend::Aws { discover: true, .. });
     if instances.is_empty() && !discovers {
         return Err(c.err(
-            &k(&["instances"]),
+            &[Seg::Key("instances".into())],
             "the fleet is empty: add at least one [[instances]] with a host (or set lb.discover = true for an AWS target group)",
         ));
     }
@@ -679,6 +763,17 @@ fn lb(
     }
 
     Ok(LbSettings {
+        name: l.name.clone().unwrap_or(default_name),
+        on_drain_timeout: match l.on_drain_timeout.as_deref() {
+            None | Some("proceed") => DrainPolicy::Proceed,
+            Some("fail") => DrainPolicy::Fail,
+            Some(other) => {
+                return Err(c.err(
+                    &k(&["lb", "on_drain_timeout"]),
+                    format!("expected \"proceed\" or \"fail\", got {other:?}"),
+                ))
+            }
+        },
         drain_timeout: c.duration(
             &k(&["lb", "drain_timeout"]),
             l.drain_timeout.as_ref(),

@@ -16,6 +16,7 @@ mod capacity;
 mod exec;
 mod health;
 mod lb;
+mod on_host;
 mod operator;
 mod services;
 mod survey;

@@ -14,6 +14,7 @@ mod haproxy;
 mod health;
 mod install;
 mod lb_contract;
+mod multi_lb;
 mod nginx;
 mod output;
 mod safety;
