@@ -437,7 +437,7 @@ fn plan(
         };
         let back = format!(
             "then back into the load balancer ({}), if healthy",
-            effects.lb_kind()
+            effects.lb_label()
         );
         let text = match (hook, touched) {
             (Some(script), _) => format!(

@@ -282,6 +282,12 @@ fn errors_in_an_lb_entry_name_its_index_and_line() {
         "{}",
         err(&missing)
     );
+    let guard = TWO_LBS.replace("on_drain_timeout = \"fail\"", "min_in_service = 2");
+    assert!(
+        err(&guard).contains("lb[1].min_in_service: set min_in_service on the first [[lb]] only"),
+        "{}",
+        err(&guard)
+    );
     let twice = TWO_LBS.replace(
         "kind = \"haproxy\"\n",
         "kind = \"haproxy\"\nname = \"edge\"\n",

@@ -574,7 +574,16 @@ fn lbs(
             .collect::<Vec<_>>(),
     );
     let mut out: Vec<LbSettings> = Vec::new();
-    for ((at, l), default_name) in entries.into_iter().zip(names) {
+    for (i, ((at, l), default_name)) in entries.into_iter().zip(names).enumerate() {
+        // One capacity guard for the fleet: its bound is the first entry's.
+        if i > 0 && l.min_in_service.is_some() {
+            let mut key = at.clone();
+            key.push(Seg::Key("min_in_service".into()));
+            return Err(c.err(
+                &key,
+                "set min_in_service on the first [[lb]] only: it bounds the fleet, counted across every LB",
+            ));
+        }
         let settings = lb(c, &at, l, instances, default_name)?;
         let mut key = at.clone();
         key.push(Seg::Key("name".into()));

@@ -162,6 +162,21 @@ impl Effects {
         self.providers.lb.kind()
     }
 
+    /// The LBs for messages: the kind, or with several `[[lb]]` each
+    /// entry's name and kind (`haproxy-1 (haproxy), nginx (nginx)`).
+    pub fn lb_label(&self) -> String {
+        match self.inventory.lbs.as_slice() {
+            [_, _, ..] => self
+                .inventory
+                .lbs
+                .iter()
+                .map(|l| format!("{} ({})", l.name, l.backend.kind()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => self.lb_kind().to_string(),
+        }
+    }
+
     /// Capacity may have changed (compensation put an instance back).
     pub fn capacity_changed(&self) {
         self.guard.changed();

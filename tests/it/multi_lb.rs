@@ -188,6 +188,87 @@ fn a_plan_behind_two_load_balancers_names_each_in_its_steps() {
     );
 }
 
+#[test]
+fn a_host_parked_on_one_lb_of_the_pair_is_left_as_found_on_both() {
+    let _one = one_fleet_at_a_time();
+    let fleet = FleetSpec::new(LbKind::Haproxy, 3).haproxy_pair().start();
+    let h2 = fleet.haproxy2();
+    assert_eq!(h2.cmd("set server web/web-2 state maint"), "");
+    let inv = fleet
+        .inventory()
+        .min_in_service(1)
+        .write(&fleet.path("rollscript.toml"));
+    let r = Running::start(&strs(&rolling(&inv))).wait(RUN_TIMEOUT);
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+    assert!(
+        r.stderr
+            .contains("web-2: out of rotation before the run (MAINT): left as found"),
+        "{}",
+        r.dump()
+    );
+    assert_eq!(fleet.version("web-2"), "v1", "{}", r.dump());
+    assert_eq!(fleet.version("web-1"), "v2", "{}", r.dump());
+    assert_eq!(fleet.version("web-3"), "v2", "{}", r.dump());
+    // Untouched on both: UP on the first, MAINT on the second.
+    assert_eq!(fleet.haproxy().status("web-2"), "UP");
+    assert_eq!(h2.status("web-2"), "MAINT");
+}
+
+#[test]
+fn a_failed_deploy_behind_the_pair_is_compensated_on_both_lbs() {
+    let _one = one_fleet_at_a_time();
+    let fleet = FleetSpec::new(LbKind::Haproxy, 3).haproxy_pair().start();
+    let deploy = fleet.wrapper(
+        "deploy-fails-on-web-2.sh",
+        "[ \"$NAME\" = web-2 ] && { echo 'disk full' >&2; exit 7; }\nexec \"$bin/deploy.sh\" \"$@\"",
+    );
+    let inv = fleet
+        .inventory()
+        .deploy(&deploy)
+        .min_in_service(1)
+        .write(&fleet.path("rollscript.toml"));
+    let load1 = fleet.load();
+    let load2 = fleet.load2();
+    let r = Running::start(&strs(&rolling(&inv))).wait(RUN_TIMEOUT);
+    std::thread::sleep(LEAD);
+    let (l1, l2) = (load1.stop(), load2.stop());
+    let ctx = format!(
+        "{}\n--- load 1\n{}\n--- load 2\n{}",
+        r.dump(),
+        l1.summary(),
+        l2.summary()
+    );
+    assert_eq!(r.code, Some(1), "{ctx}");
+    assert!(
+        l1.failures().is_empty() && l2.failures().is_empty(),
+        "{ctx}"
+    );
+    // web-2 rolled back and put back, on both LBs.
+    let up: Vec<(String, String)> = fleet
+        .names()
+        .into_iter()
+        .map(|n| (n, "UP".to_string()))
+        .collect();
+    assert_eq!(
+        settled(|| haproxy_states(fleet.haproxy(), &fleet)),
+        up,
+        "{ctx}"
+    );
+    assert_eq!(
+        settled(|| haproxy_states(fleet.haproxy2(), &fleet)),
+        up,
+        "{ctx}"
+    );
+    let j = fleet.journal();
+    assert!(
+        j.compensations()
+            .iter()
+            .any(|(name, restored, _)| name == "web-2" && *restored),
+        "{:?}\n{ctx}",
+        j.compensations()
+    );
+}
+
 // ---- drain policy -------------------------------------------------------------------
 
 /// Holds `/slow?ms=20000` through the LB until HAProxy shows one on web-1
