@@ -142,8 +142,10 @@ impl FleetInventory {
             let lb = format!("{}{common}", self.lb);
             t.push_str(&format!("[lb]\n{}\n", self.section("lb", &lb)));
         } else {
-            for body in std::iter::once(&self.lb).chain(&self.extra_lbs) {
-                let lb = format!("{body}{common}");
+            // min_in_service bounds the fleet: the first entry only.
+            let rest = "drain_timeout = \"30s\"\nregister_timeout = \"30s\"\n";
+            for (i, body) in std::iter::once(&self.lb).chain(&self.extra_lbs).enumerate() {
+                let lb = format!("{body}{}", if i == 0 { common.as_str() } else { rest });
                 t.push_str(&format!("[[lb]]\n{}\n", self.section("lb", &lb)));
             }
         }
