@@ -100,7 +100,7 @@ pub struct RawLb {
 /// located "unknown key" errors of the entries into "did not match any variant".
 #[derive(Debug)]
 pub enum RawLbs {
-    One(RawLb),
+    One(Box<RawLb>),
     Many(Vec<RawLb>),
 }
 
@@ -113,7 +113,8 @@ impl<'de> Deserialize<'de> for RawLbs {
                 f.write_str("an [lb] table or [[lb]] entries")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawLbs, A::Error> {
-                RawLb::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(RawLbs::One)
+                RawLb::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(|l| RawLbs::One(Box::new(l)))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, s: A) -> Result<RawLbs, A::Error> {
                 Vec::<RawLb>::deserialize(serde::de::value::SeqAccessDeserializer::new(s))

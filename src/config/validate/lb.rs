@@ -13,7 +13,7 @@ pub(super) fn lbs(
     use crate::config::raw::RawLbs;
     let entries: Vec<(Vec<Seg>, crate::config::raw::RawLb)> = match raw {
         None => vec![(k(&["lb"]), Default::default())],
-        Some(RawLbs::One(l)) => vec![(k(&["lb"]), l)],
+        Some(RawLbs::One(l)) => vec![(k(&["lb"]), *l)],
         Some(RawLbs::Many(v)) if v.is_empty() => {
             return Err(c.err(
                 &k(&["lb"]),
