@@ -4,6 +4,7 @@
 //! (`Duration`, [`CountOrPercent`], checked names and hosts), and every error
 //! names the file, the line and the key: `rollscript.toml:14: lb.drain_timeout: …`.
 
+mod lbs;
 mod locate;
 mod raw;
 pub(crate) mod validate;
@@ -26,7 +27,12 @@ pub struct Inventory {
     pub app: App,
     pub ssh: SshSettings,
     pub health: HealthSettings,
+    /// The load balancer, or with several `[[lb]]` the first one with the
+    /// largest `drain_timeout` and `register_timeout` of all (what the
+    /// effects layer bounds a step by); `lbs` holds every entry as written.
     pub lb: LbSettings,
+    /// Every load balancer, in file order (one for a single `[lb]`).
+    pub lbs: Vec<LbSettings>,
     pub database: Option<Database>,
     /// Where the deploy lock and the run journals live (`[state]`).
     pub state: StateSettings,
@@ -91,11 +97,28 @@ pub struct HealthSettings {
     pub interval: Duration,
     pub retries: u32,
     pub healthy_threshold: u32,
+    /// `None`: GET the URL from this machine. Else checked on the instance,
+    /// over its ssh connection (`health.via = "ssh"`, `health.command`).
+    pub on_host: Option<OnHost>,
+}
+
+/// A health check run on the instance itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnHost {
+    /// `health.via = "ssh"`: `curl` against `localhost` there, like the seed.
+    Curl,
+    /// `health.command`: its exit status is the verdict.
+    Command(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct LbSettings {
+    /// Names the LB in plan steps, journal records and errors: `name`, else
+    /// its kind (`haproxy`), numbered when several share it (`haproxy-2`).
+    pub name: String,
     pub drain_timeout: Duration,
+    /// What a drain does when `drain_timeout` is reached.
+    pub on_drain_timeout: DrainPolicy,
     pub register_timeout: Duration,
     /// `None` = the backend's own default (sub-second for HAProxy and nginx, 5 s for ELBv2).
     pub poll_interval: Option<Duration>,
@@ -103,6 +126,16 @@ pub struct LbSettings {
     pub backend: LbBackend,
     /// Blue/green pools: pool name → the backend, upstream or target group serving it.
     pub pools: BTreeMap<String, PoolTarget>,
+}
+
+/// `lb.on_drain_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainPolicy {
+    /// Close what is left where the LB can, warn with the count, go on (as
+    /// ALB, HAProxy and kamal-proxy do).
+    Proceed,
+    /// Stop the run with a `drain_timeout` error.
+    Fail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,8 @@ pub struct RawInventory {
     pub app: Option<RawApp>,
     pub ssh: Option<RawSsh>,
     pub health: Option<RawHealth>,
-    pub lb: Option<RawLb>,
+    /// `[lb]` (one) or `[[lb]]` (several).
+    pub lb: Option<RawLbs>,
     pub database: Option<RawDatabase>,
     pub state: Option<RawState>,
     #[serde(default)]
@@ -61,12 +62,16 @@ pub struct RawHealth {
     pub interval: Option<String>,
     pub retries: Option<i64>,
     pub healthy_threshold: Option<i64>,
+    pub via: Option<String>,
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLb {
+    pub name: Option<String>,
     pub kind: Option<String>,
+    pub on_drain_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub register_timeout: Option<String>,
     pub poll_interval: Option<String>,
@@ -89,6 +94,35 @@ pub struct RawLb {
     pub discover: Option<bool>,
     // blue/green: one backend or target group per pool
     pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
+}
+
+/// `[lb]` or `[[lb]]`. Not `#[serde(untagged)]`: that would swallow the
+/// located "unknown key" errors of the entries into "did not match any variant".
+#[derive(Debug)]
+pub enum RawLbs {
+    One(Box<RawLb>),
+    Many(Vec<RawLb>),
+}
+
+impl<'de> Deserialize<'de> for RawLbs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawLbs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an [lb] table or [[lb]] entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawLbs, A::Error> {
+                RawLb::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(|l| RawLbs::One(Box::new(l)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, s: A) -> Result<RawLbs, A::Error> {
+                Vec::<RawLb>::deserialize(serde::de::value::SeqAccessDeserializer::new(s))
+                    .map(RawLbs::Many)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

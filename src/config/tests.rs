@@ -224,3 +224,77 @@ fn state_refuses_unknown_keys_and_settings_that_only_look_shared() {
         "rollscript.toml:20: state.url: invalid URL \"mysql://u:***@db/rs\": expected postgres://user@host/database"
     );
 }
+
+const TWO_LBS: &str = r#"[app]
+name = "credit_radar"
+deploy = "./deploy.sh"
+
+[health]
+port = 4000
+
+[[lb]]
+kind = "haproxy"
+socket = "/run/haproxy/a.sock"
+backend = "credit_radar"
+drain_timeout = "30s"
+
+[[lb]]
+kind = "haproxy"
+socket = "/run/haproxy/b.sock"
+backend = "credit_radar"
+drain_timeout = "90s"
+on_drain_timeout = "fail"
+
+[[instances]]
+name = "web-1"
+host = "10.0.1.10"
+"#;
+
+#[test]
+fn several_load_balancers_each_get_a_name_and_their_own_settings() {
+    let inv = parse(TWO_LBS).unwrap();
+    let names: Vec<&str> = inv.lbs.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["haproxy-1", "haproxy-2"]);
+    assert_eq!(inv.lbs[0].on_drain_timeout, DrainPolicy::Proceed);
+    assert_eq!(inv.lbs[1].on_drain_timeout, DrainPolicy::Fail);
+    // Steps are bounded by the slowest LB.
+    assert_eq!(inv.lb.drain_timeout, Duration::from_secs(90));
+    let single = parse(BASE).unwrap();
+    assert_eq!(single.lbs.len(), 1);
+    assert_eq!(single.lb.name, "haproxy");
+}
+
+#[test]
+fn errors_in_an_lb_entry_name_its_index_and_line() {
+    let typo = TWO_LBS.replace("drain_timeout = \"90s\"", "drain_timout = \"90s\"");
+    assert_eq!(
+        err(&typo),
+        "rollscript.toml:18: lb[1].drain_timout: unknown key `drain_timout` (did you mean `drain_timeout`?)"
+    );
+    let bad = TWO_LBS.replace("on_drain_timeout = \"fail\"", "on_drain_timeout = \"wait\"");
+    assert_eq!(
+        err(&bad),
+        "rollscript.toml:19: lb[1].on_drain_timeout: expected \"proceed\" or \"fail\", got \"wait\""
+    );
+    let missing = TWO_LBS.replace("socket = \"/run/haproxy/b.sock\"\n", "");
+    assert!(
+        err(&missing).contains("lb[1]: missing key `socket`"),
+        "{}",
+        err(&missing)
+    );
+    let guard = TWO_LBS.replace("on_drain_timeout = \"fail\"", "min_in_service = 2");
+    assert!(
+        err(&guard).contains("lb[1].min_in_service: set min_in_service on the first [[lb]] only"),
+        "{}",
+        err(&guard)
+    );
+    let twice = TWO_LBS.replace(
+        "kind = \"haproxy\"\n",
+        "kind = \"haproxy\"\nname = \"edge\"\n",
+    );
+    assert!(
+        err(&twice).contains("lb[1].name: two load balancers are named \"edge\""),
+        "{}",
+        err(&twice)
+    );
+}

@@ -353,7 +353,11 @@ async fn health(inv: &Inventory, p: &Providers, inst: &Instance) -> Check {
     const C: &str = "health";
     let me = Some(inst.name.as_str());
     let h = &inv.health;
+    if let Some(how) = &h.on_host {
+        return health_on_host(inv, p, inst, how).await;
+    }
     let probe = HealthProbe {
+        on_host: None,
         url: inv.health_url(inst),
         expect_status: h.expect_status,
         expect_body: h.expect_body.clone(),
@@ -384,6 +388,63 @@ async fn health(inv: &Inventory, p: &Providers, inst: &Instance) -> Check {
                 h.expect_status
             ),
         ),
+    }
+}
+
+/// `health.via = "ssh"` or `health.command`: one attempt on the instance,
+/// over ssh, as a run would make it.
+async fn health_on_host(
+    inv: &Inventory,
+    p: &Providers,
+    inst: &Instance,
+    how: &crate::config::OnHost,
+) -> Check {
+    use crate::config::OnHost;
+    const C: &str = "health";
+    let me = Some(inst.name.as_str());
+    let h = &inv.health;
+    let port = inst.health_port.or(inst.port).unwrap_or(h.port);
+    let probe = HealthProbe {
+        on_host: Some(how.clone()),
+        url: format!("{}://localhost:{port}{}", h.scheme, h.path),
+        expect_status: h.expect_status,
+        expect_body: h.expect_body.clone(),
+        timeout: h.timeout,
+        interval: h.interval,
+        retries: 1,
+        healthy_threshold: 1,
+    };
+    let (cmd, what) = match how {
+        OnHost::Curl => (
+            crate::effects::on_host::curl_cmd(&probe),
+            format!("curl {} on {}", probe.url, inst.name),
+        ),
+        OnHost::Command(c) => (Cmd::Shell(c.clone()), format!("{c} on {}", inst.name)),
+    };
+    let limit = inv.ssh.command_timeout.min(Duration::from_secs(30));
+    match p.ssh.exec(inst, &cmd, limit).await {
+        Err(e) => Check::fail(me, C, format!("{what}: ssh: {}", first_line(&e.message)), ""),
+        Ok(o) => {
+            let code = o.stdout.trim_end().rsplit('\n').next().unwrap_or("").trim();
+            let ok = match how {
+                OnHost::Curl => o.status == 0 && code == h.expect_status.to_string(),
+                OnHost::Command(_) => o.status == 0,
+            };
+            let seen = match how {
+                OnHost::Curl if o.status == 0 => code.to_string(),
+                _ => format!("exit {}", o.status),
+            };
+            if ok {
+                Check::ok(me, C, format!("{what} answers {seen}"))
+            } else {
+                Check::fail(
+                    me,
+                    C,
+                    format!("{what}: {seen}"),
+                    "check health.command / health.path and that the app is up on the host",
+                )
+            }
+        }
     }
 }
 

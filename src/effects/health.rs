@@ -5,7 +5,7 @@ use std::time::Duration;
 use tracing::info;
 
 use super::Effects;
-use crate::config::{format_duration, Instance};
+use crate::config::{format_duration, Instance, OnHost};
 use crate::plan::Estimate;
 use crate::primitives::{ActionResult, Attempt, HealthProbe, HealthReport};
 
@@ -15,8 +15,18 @@ impl Effects {
     /// The probe `health(inst)` runs, from the inventory's `[health]`.
     pub fn probe_for(&self, inst: &Instance) -> HealthProbe {
         let h = &self.inventory.health;
+        let url = match &h.on_host {
+            None => self.inventory.health_url(inst),
+            // On the instance: its own loopback, as the seed's
+            // `ssh host "curl -f http://localhost:4000/"` does.
+            Some(_) => {
+                let port = inst.health_port.or(inst.port).unwrap_or(h.port);
+                format!("{}://localhost:{port}{}", h.scheme, h.path)
+            }
+        };
         HealthProbe {
-            url: self.inventory.health_url(inst),
+            on_host: h.on_host.clone(),
+            url,
             expect_status: h.expect_status,
             expect_body: h.expect_body.clone(),
             timeout: h.timeout,
@@ -29,10 +39,20 @@ impl Effects {
     pub async fn health(&self, who: &str, probe: &HealthProbe) -> ActionResult<HealthReport> {
         let worst = (probe.timeout + probe.interval) * probe.retries;
         let typical = probe.interval * probe.healthy_threshold.saturating_sub(1);
+        let inst = self.inventory.instance(who).cloned();
+        // Only an instance has a host to check on; `health_url` is HTTP.
+        let on_host = probe.on_host.clone().filter(|_| inst.is_some());
+        let what = match &on_host {
+            None => format!("http GET {}", probe.url),
+            Some(OnHost::Curl) => format!("ssh {who}: curl {}", probe.url),
+            Some(OnHost::Command(cmd)) => format!("ssh {who}: {cmd}"),
+        };
+        let expect = match &on_host {
+            Some(OnHost::Command(_)) => "exit 0".to_string(),
+            _ => probe.expect_status.to_string(),
+        };
         let text = format!(
-            "http GET {}: expect {}{}, {} in a row (up to {} tries)",
-            probe.url,
-            probe.expect_status,
+            "{what}: expect {expect}{}, {} in a row (up to {} tries)",
             probe
                 .expect_body
                 .as_ref()
@@ -54,15 +74,12 @@ impl Effects {
             });
         }
         info!(instance = %who, step = "health", "{text}");
-        let inst = self.inventory.instance(who).cloned();
         let check = async {
-            self.providers.health.check(probe).await.map_err(|e| {
-                if e.host.is_none() {
-                    e.host(who)
-                } else {
-                    e
-                }
-            })
+            let checked = match (&on_host, &inst) {
+                (Some(how), Some(i)) => self.check_on_host(i, probe, how).await,
+                _ => self.providers.health.check(probe).await,
+            };
+            checked.map_err(|e| if e.host.is_none() { e.host(who) } else { e })
         };
         let report = self.act("health", inst.as_ref(), &text, check).await?;
         info!(instance = %who, step = "healthy", "{who} healthy after {} attempt(s) in {}",

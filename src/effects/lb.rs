@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Effects, TYPICAL_REGISTER};
-use crate::config::{format_duration, Instance};
+use crate::config::{format_duration, DrainPolicy, Instance};
 use crate::plan::Estimate;
-use crate::primitives::{ActionResult, DrainReport, LbOp, MemberState, MemberStats};
+use crate::primitives::{ActionResult, DrainReport, ErrorKind, LbOp, MemberState, MemberStats};
 
 impl Effects {
     // ---- load balancer ------------------------------------------------------
@@ -71,6 +71,27 @@ impl Effects {
                 _ = watch => unreachable!("the watch loops forever"),
             }
         };
+        // With `proceed`, a drain that reaches its timeout closes what is
+        // left and succeeds: a long-lived connection must not stop a deploy.
+        let wait = async {
+            match wait.await {
+                Err(e) if e.kind == ErrorKind::DrainTimeout => {
+                    if self.drain_policy() == DrainPolicy::Fail {
+                        let mut e = e;
+                        e.message
+                            .push_str(" (lb.on_drain_timeout = \"fail\"; \"proceed\" closes them and goes on)");
+                        return Err(e);
+                    }
+                    self.close_at_drain_timeout(inst, timeout, &e).await?;
+                    Ok(DrainReport {
+                        waited: timeout,
+                        connections_at_start: None,
+                        configured_delay: None,
+                    })
+                }
+                other => other,
+            }
+        };
         let report = self.act("wait_drained", Some(inst), &text, wait).await?;
         let saved = report
             .configured_delay
@@ -88,6 +109,57 @@ impl Effects {
             ),
         }
         Ok(report)
+    }
+
+    /// `fail` when any LB says so (the stricter choice), else `proceed`.
+    fn drain_policy(&self) -> DrainPolicy {
+        if self
+            .inventory
+            .lbs
+            .iter()
+            .any(|l| l.on_drain_timeout == DrainPolicy::Fail)
+        {
+            DrainPolicy::Fail
+        } else {
+            DrainPolicy::Proceed
+        }
+    }
+
+    /// `drain_timeout` reached under `proceed`: the LB closes what is left
+    /// (journalled before it acts, like every effect), the run warns with
+    /// the count and goes on.
+    async fn close_at_drain_timeout(
+        &self,
+        inst: &Instance,
+        timeout: Duration,
+        why: &crate::primitives::ActionError,
+    ) -> ActionResult<()> {
+        let lb = &self.providers.lb;
+        let text = format!(
+            "close the connections still open on {} after drain_timeout {} (lb.on_drain_timeout = \"proceed\")",
+            inst.name,
+            format_duration(timeout)
+        );
+        let journal = self.journal.get();
+        let seq = journal.and_then(|j| j.intent("close_connections", Some(&inst.name), &text).ok());
+        let started = std::time::Instant::now();
+        let closed = lb.close_connections(inst).await;
+        if let (Some(j), Some(seq)) = (journal, seq) {
+            j.result(seq, started.elapsed(), closed.as_ref().err());
+        }
+        match closed? {
+            Some(n) => warn!(
+                instance = %inst.name, step = "drain_timeout", closed = n,
+                "{}: drain_timeout {} reached: closed {n} connection(s) still open and went on ({})",
+                inst.name, format_duration(timeout), why.message
+            ),
+            None => warn!(
+                instance = %inst.name, step = "drain_timeout",
+                "{}: drain_timeout {} reached: went on, the LB closes or keeps what is left ({})",
+                inst.name, format_duration(timeout), why.message
+            ),
+        }
+        Ok(())
     }
 
     pub async fn register(&self, inst: &Instance) -> ActionResult<()> {

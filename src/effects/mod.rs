@@ -16,6 +16,7 @@ mod capacity;
 mod exec;
 mod health;
 mod lb;
+pub(crate) mod on_host;
 mod operator;
 mod services;
 mod survey;
@@ -163,6 +164,21 @@ impl Effects {
 
     pub fn lb_kind(&self) -> &'static str {
         self.providers.lb.kind()
+    }
+
+    /// The LBs for messages: the kind, or with several `[[lb]]` each
+    /// entry's name and kind (`haproxy-1 (haproxy), nginx (nginx)`).
+    pub fn lb_label(&self) -> String {
+        match self.inventory.lbs.as_slice() {
+            [_, _, ..] => self
+                .inventory
+                .lbs
+                .iter()
+                .map(|l| format!("{} ({})", l.name, l.backend.kind()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => self.lb_kind().to_string(),
+        }
     }
 
     /// Capacity may have changed (compensation put an instance back).

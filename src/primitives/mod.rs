@@ -86,6 +86,9 @@ pub struct HealthProbe {
     pub interval: Duration,
     pub retries: u32,
     pub healthy_threshold: u32,
+    /// Checked on the instance over ssh (`health.via`, `health.command`)
+    /// instead of from this machine; `url` is then `http://localhost:…`.
+    pub on_host: Option<crate::config::OnHost>,
 }
 
 /// What one attempt saw.
@@ -184,6 +187,13 @@ pub trait LoadBalancer: Send + Sync {
     async fn deregister(&self, inst: &Instance) -> ActionResult<()>;
     /// Waits until `inst` has no connections left (or `timeout`, an error of kind `drain_timeout`).
     async fn wait_drained(&self, inst: &Instance, timeout: Duration) -> ActionResult<DrainReport>;
+    /// At `drain_timeout` with `lb.on_drain_timeout = "proceed"`: closes the
+    /// connections `inst` still has and finishes taking it out (HAProxy
+    /// `shutdown sessions server`). Returns how many it closed; `None` when
+    /// the LB cannot close them (nginx) or does it itself (ELBv2).
+    async fn close_connections(&self, _inst: &Instance) -> ActionResult<Option<u64>> {
+        Ok(None)
+    }
     /// Puts `inst` back in rotation.
     async fn register(&self, inst: &Instance) -> ActionResult<()>;
     /// Waits until the LB's own health checks report `inst` healthy.

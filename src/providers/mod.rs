@@ -8,10 +8,12 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod connections;
 pub mod fake;
 pub mod haproxy;
 pub mod http;
 pub mod local;
+pub mod multi;
 pub mod nginx;
 pub mod none;
 mod output;
@@ -32,18 +34,25 @@ use crate::primitives::{ActionResult, Discovery, LoadBalancer, Providers, Transp
 pub fn build(inv: &Arc<Inventory>) -> Providers {
     let ssh: Arc<dyn Transport> = Arc::new(ssh::SshTransport::new(inv.clone()));
     let local: Arc<dyn Transport> = Arc::new(local::LocalTransport);
-    let lb: Arc<dyn LoadBalancer> = match &inv.lb.backend {
-        LbBackend::None => Arc::new(none::NoLoadBalancer),
-        LbBackend::Haproxy { .. } => Arc::new(haproxy::HaproxyLb::new(inv.clone())),
-        LbBackend::Nginx { .. } => {
-            Arc::new(nginx::NginxLb::new(inv.clone(), ssh.clone(), local.clone()))
-        }
-        #[cfg(feature = "aws")]
-        LbBackend::Aws { .. } => Arc::new(aws::ElbV2::new(inv.clone())),
-        #[cfg(not(feature = "aws"))]
-        LbBackend::Aws { .. } => {
-            unreachable!("config refuses lb.kind = \"aws\" without the `aws` feature")
-        }
+    let lb: Arc<dyn LoadBalancer> = if inv.lbs.len() > 1 {
+        // One provider per `[[lb]]` entry, each built from the inventory
+        // with that entry as its `lb`: providers need not know there are more.
+        let members = inv
+            .lbs
+            .iter()
+            .map(|entry| {
+                let one = Arc::new(inv.with_lb(entry.clone()));
+                multi::Member {
+                    name: entry.name.clone(),
+                    lb: one_lb(&one, &ssh, &local),
+                    drain_timeout: entry.drain_timeout,
+                    register_timeout: entry.register_timeout,
+                }
+            })
+            .collect();
+        Arc::new(multi::MultiLb::new(members))
+    } else {
+        one_lb(inv, &ssh, &local)
     };
     Providers {
         lb,
@@ -55,6 +64,27 @@ pub fn build(inv: &Arc<Inventory>) -> Providers {
         notifier: Arc::new(http::WebhookNotifier),
         operator: Arc::new(terminal::TerminalOperator),
         discovery: Arc::new(LbDiscovery),
+    }
+}
+
+/// The provider for `inv.lb`.
+fn one_lb(
+    inv: &Arc<Inventory>,
+    ssh: &Arc<dyn Transport>,
+    local: &Arc<dyn Transport>,
+) -> Arc<dyn LoadBalancer> {
+    match &inv.lb.backend {
+        LbBackend::None => Arc::new(none::NoLoadBalancer),
+        LbBackend::Haproxy { .. } => Arc::new(haproxy::HaproxyLb::new(inv.clone())),
+        LbBackend::Nginx { .. } => {
+            Arc::new(nginx::NginxLb::new(inv.clone(), ssh.clone(), local.clone()))
+        }
+        #[cfg(feature = "aws")]
+        LbBackend::Aws { .. } => Arc::new(aws::ElbV2::new(inv.clone())),
+        #[cfg(not(feature = "aws"))]
+        LbBackend::Aws { .. } => {
+            unreachable!("config refuses lb.kind = \"aws\" without the `aws` feature")
+        }
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn plan(
         };
         let back = format!(
             "then back into the load balancer ({}), if healthy",
-            effects.lb_kind()
+            effects.lb_label()
         );
         let text = match (hook, touched) {
             (Some(script), _) => format!(

@@ -261,7 +261,7 @@ async fn execute(opts: &RunOptions, run: &Prepared) -> Executed {
         script = %opts.script.display(),
         inventory = %opts.inventory.display(),
         instances = run.inventory.instances.len(),
-        lb = run.effects.lb_kind(),
+        lb = %run.effects.lb_label(),
         run = run.effects.journal().map(|j| j.run.as_str()).unwrap_or(""),
         "run started"
     );
@@ -299,7 +299,7 @@ async fn plan(opts: &RunOptions, run: &Prepared) -> Outcome {
         opts.script.display(),
         opts.inventory.display(),
         if n == 1 { "" } else { "s" },
-        run.effects.lb_kind(),
+        run.effects.lb_label(),
     );
     let rec = run.recorder.as_ref().expect("a plan records");
     print!("{}", render(&header, rec, &assumptions(&run.inventory)));

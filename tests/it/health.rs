@@ -21,6 +21,7 @@ fn probe(url: String) -> HealthProbe {
         interval: Duration::from_millis(20),
         retries: 10,
         healthy_threshold: 2,
+        on_host: None,
     }
 }
 

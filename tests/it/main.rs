@@ -16,6 +16,7 @@ mod health;
 mod init_doctor;
 mod install;
 mod lb_contract;
+mod multi_lb;
 mod nginx;
 mod output;
 mod safety;

@@ -1,6 +1,6 @@
 //! The nginx provider against a real nginx 1.22 on loopback: the load
 //! balancer contract (`lb_contract.rs`), `down` + reload with a request in
-//! flight, drains that end when the old workers exit, weights, blue/green,
+//! flight, drains per upstream server (connections counted with `ss`), weights, blue/green,
 //! rejected configs restored — and the same through the CLI.
 
 use std::path::Path;
@@ -417,14 +417,20 @@ async fn on_a_remote_lb_host_the_same_cycle_runs_as_shell_scripts() {
         fleet.lb.state(&inst).await.unwrap(),
         MemberState::OutOfService
     );
-    // The wait runs as one remote command; past its bound it names the worker.
+    // Counted on the LB host over ssh; past its bound it names the server.
     let e = fleet
         .lb
         .wait_drained(&inst, Duration::from_millis(300))
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::DrainTimeout);
-    assert!(e.message.starts_with("1 old nginx worker(s)"), "{e}");
+    assert!(
+        e.message.starts_with(&format!(
+            "1 connection(s) from nginx on web-1 to {} still open after 300ms",
+            fleet.addr(&victim.name)
+        )),
+        "{e}"
+    );
     victim.release_slow();
     fleet.lb.wait_drained(&inst, WAIT).await.unwrap();
     assert_eq!(victim.slow_done(), 1);
@@ -437,7 +443,7 @@ async fn on_a_remote_lb_host_the_same_cycle_runs_as_shell_scripts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_past_its_timeout_names_the_workers_still_busy() {
+async fn a_drain_past_its_timeout_names_the_connections_still_open_to_that_server() {
     let fleet = Fleet::start(2);
     let port = fleet.nginx.port;
     let slow = std::thread::spawn(move || get(port, "/slow?ms=60000"));
@@ -450,9 +456,6 @@ async fn a_drain_past_its_timeout_names_the_workers_still_busy() {
         .find(|b| b.slow_in_flight() == 1)
         .unwrap();
     let inst = fleet.inst(&victim.name);
-    let [(old_pid, _)] = fleet.nginx.workers()[..] else {
-        panic!("one worker expected");
-    };
     fleet.lb.deregister(&inst).await.unwrap();
     let e = fleet
         .lb
@@ -462,9 +465,9 @@ async fn a_drain_past_its_timeout_names_the_workers_still_busy() {
     assert_eq!(e.kind, ErrorKind::DrainTimeout);
     assert_eq!(
         e.message,
-        format!("1 old nginx worker(s) (pids {old_pid}) still finishing requests after 300ms; {} is marked down, so they get no new ones. Raise lb.drain_timeout, or set nginx's worker_shutdown_timeout for long-lived connections (websockets, streaming)", fleet.addr(&victim.name))
+        format!("1 connection(s) from nginx to {a} still open after 300ms; {a} is marked down, so it gets no new ones. Raise lb.drain_timeout, or set nginx's worker_shutdown_timeout for long-lived connections (websockets, streaming)", a = fleet.addr(&victim.name))
     );
-    // A retry waits for the same workers.
+    // A retry waits for the same server.
     victim.release_slow();
     fleet.lb.wait_drained(&inst, WAIT).await.unwrap();
     assert_eq!(slow.join().unwrap().unwrap().0, 200);
@@ -491,7 +494,7 @@ fn plan_texts_say_what_nginx_will_do() {
         texts,
         [
             format!("nginx: mark {a} down, test, reload"),
-            "nginx: wait for old workers to finish (≤ 120s)".to_string(),
+            format!("nginx: wait for its connections to {a} to finish (≤ 120s)"),
             format!("nginx: mark {a} up, test, reload"),
             format!("nginx: check {a} is up in upstream backend"),
             format!("nginx: set {a} weight=10, test, reload"),
@@ -523,7 +526,10 @@ fn the_cli_cycles_every_instance_through_nginx_and_plan_touches_nothing() {
     );
     for step in [
         format!("nginx: mark {} down, test, reload", fleet.addr("web-1")),
-        "nginx: wait for old workers to finish (≤ 30s)".to_string(),
+        format!(
+            "nginx: wait for its connections to {} to finish (≤ 30s)",
+            fleet.addr("web-1")
+        ),
         format!("nginx: mark {} up, test, reload", fleet.addr("web-3")),
     ] {
         assert!(plan.contains(&step), "missing {step:?} in\n{plan}");

@@ -3,11 +3,81 @@
 
 use super::*;
 
-pub(super) fn lb(
+/// `[lb]` or `[[lb]]`, each entry checked by [`lb`] at its own key
+/// (`lb.socket`, `lb[1].socket`), names made unique.
+pub(super) fn lbs(
     c: &Checker,
+    raw: Option<crate::config::raw::RawLbs>,
+    instances: &[Instance],
+) -> Result<Vec<LbSettings>, ConfigError> {
+    use crate::config::raw::RawLbs;
+    let entries: Vec<(Vec<Seg>, crate::config::raw::RawLb)> = match raw {
+        None => vec![(k(&["lb"]), Default::default())],
+        Some(RawLbs::One(l)) => vec![(k(&["lb"]), *l)],
+        Some(RawLbs::Many(v)) if v.is_empty() => {
+            return Err(c.err(
+                &k(&["lb"]),
+                "an empty [[lb]] list: add an entry with a kind",
+            ))
+        }
+        Some(RawLbs::Many(v)) => v
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (vec![Seg::Key("lb".into()), Seg::Index(i)], l))
+            .collect(),
+    };
+    let names = crate::config::lbs::default_names(
+        &entries
+            .iter()
+            .map(|(_, l)| l.kind.clone().unwrap_or_else(|| "none".into()))
+            .collect::<Vec<_>>(),
+    );
+    let mut out: Vec<LbSettings> = Vec::new();
+    for (i, ((at, l), default_name)) in entries.into_iter().zip(names).enumerate() {
+        // One capacity guard for the fleet: its bound is the first entry's.
+        if i > 0 && l.min_in_service.is_some() {
+            let mut key = at.clone();
+            key.push(Seg::Key("min_in_service".into()));
+            return Err(c.err(
+                &key,
+                "set min_in_service on the first [[lb]] only: it bounds the fleet, counted across every LB",
+            ));
+        }
+        let settings = lb(c, &at, l, instances, default_name)?;
+        let mut key = at.clone();
+        key.push(Seg::Key("name".into()));
+        if out.iter().any(|o| o.name == settings.name) {
+            return Err(c.err(
+                &key,
+                format!("two load balancers are named {:?}", settings.name),
+            ));
+        }
+        if !valid_name(&settings.name) {
+            return Err(c.err(
+                &key,
+                format!(
+                    "invalid name {:?}: use letters, digits, '-', '_' or '.'",
+                    settings.name
+                ),
+            ));
+        }
+        out.push(settings);
+    }
+    Ok(out)
+}
+
+fn lb(
+    c: &Checker,
+    at: &[Seg],
     l: crate::config::raw::RawLb,
     instances: &[Instance],
+    default_name: String,
 ) -> Result<LbSettings, ConfigError> {
+    let k = |parts: &[&str]| -> Vec<Seg> {
+        let mut v = at.to_vec();
+        v.extend(parts.iter().skip(1).map(|p| Seg::Key(p.to_string())));
+        v
+    };
     let kind = l.kind.clone().unwrap_or_else(|| "none".into());
     let need = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
         v.clone().ok_or_else(|| {
@@ -101,7 +171,7 @@ pub(super) fn lb(
     let discovers = matches!(backend, LbBackend::Aws { discover: true, .. });
     if instances.is_empty() && !discovers {
         return Err(c.err(
-            &k(&["instances"]),
+            &[Seg::Key("instances".into())],
             "the fleet is empty: add at least one [[instances]] with a host (or set lb.discover = true for an AWS target group)",
         ));
     }
@@ -161,6 +231,17 @@ pub(super) fn lb(
     }
 
     Ok(LbSettings {
+        name: l.name.clone().unwrap_or(default_name),
+        on_drain_timeout: match l.on_drain_timeout.as_deref() {
+            None | Some("proceed") => DrainPolicy::Proceed,
+            Some("fail") => DrainPolicy::Fail,
+            Some(other) => {
+                return Err(c.err(
+                    &k(&["lb", "on_drain_timeout"]),
+                    format!("expected \"proceed\" or \"fail\", got {other:?}"),
+                ))
+            }
+        },
         drain_timeout: c.duration(
             &k(&["lb", "drain_timeout"]),
             l.drain_timeout.as_ref(),

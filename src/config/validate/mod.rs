@@ -14,7 +14,7 @@ mod instances;
 mod lb;
 
 use instances::{distinct_addresses, instances, valid_user};
-use lb::lb;
+use lb::lbs;
 /// Collects the context every error needs: file, text, and the key being checked.
 struct Checker<'a> {
     file: &'a Path,
@@ -184,7 +184,28 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
     };
 
     let h = raw.health.unwrap_or_default();
+    let on_host = match (h.via.as_deref(), h.command.as_deref()) {
+        (_, Some(cmd)) if cmd.trim().is_empty() => {
+            return Err(c.err(&k(&["health", "command"]), "empty command"))
+        }
+        (Some("http"), Some(_)) => {
+            return Err(c.err(
+                &k(&["health", "via"]),
+                "health.command runs on the instance: set via = \"ssh\" or leave via out",
+            ))
+        }
+        (None | Some("ssh"), Some(cmd)) => Some(OnHost::Command(cmd.to_string())),
+        (None | Some("http"), None) => None,
+        (Some("ssh"), None) => Some(OnHost::Curl),
+        (Some(other), _) => {
+            return Err(c.err(
+                &k(&["health", "via"]),
+                format!("expected \"http\" or \"ssh\", got {other:?}"),
+            ))
+        }
+    };
     let health = HealthSettings {
+        on_host,
         scheme: match h.scheme.as_deref() {
             None | Some("http") => "http".into(),
             Some("https") => "https".into(),
@@ -236,7 +257,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
     };
 
     let instances = instances(&c, raw.instances)?;
-    let lb = lb(&c, raw.lb.unwrap_or_default(), &instances)?;
+    let lbs = lbs(&c, raw.lb, &instances)?;
+    let lb = super::lbs::merged(&lbs);
     distinct_addresses(&c, &instances, health.port)?;
 
     let database = match raw.database {
@@ -278,6 +300,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Inventory, ConfigError> {
         ssh,
         health,
         lb,
+        lbs,
         database,
         state,
         instances,

@@ -1,4 +1,4 @@
-//! HTTP health checks.
+//! Health checks: HTTP from here, or on the instance (`health.via`, `health.command`).
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     func(
         "health",
         &["inst: Map", "Map"],
-        "Polls `inst`'s health URL per the inventory's `[health]` until `healthy_threshold` consecutive successes, or fails (kind `health_failed`) after `retries` attempts, listing what each attempt saw. Returns `#{url, healthy, duration, attempts}`.
+        "Polls `inst`'s health URL per the inventory's `[health]` (from this machine; on the instance over ssh with `health.via = \"ssh\"` — curl against localhost — or `health.command`, whose exit status is the verdict) until `healthy_threshold` consecutive successes, or fails (kind `health_failed`) after `retries` attempts, listing what each attempt saw. Returns `#{url, healthy, duration, attempts}`.
 Example: `health(inst);`",
     )
     .register_into_engine(engine, move |inst: Dynamic| -> RhaiResult<Map> {

@@ -64,6 +64,15 @@ pub(super) fn set_state_cmd(
     ))
 }
 
+/// Closes every session still open on the server (drain timeout, `proceed`).
+pub(super) fn shutdown_sessions_cmd(backend: &str, server: &str) -> Result<String, BadName> {
+    Ok(format!(
+        "shutdown sessions server {}/{}",
+        checked("backend", backend)?,
+        checked("server", server)?
+    ))
+}
+
 /// `weight`: 0-256, or a percentage of the configured weight ("100%").
 pub(super) fn set_weight_cmd(backend: &str, server: &str, weight: &str) -> Result<String, BadName> {
     Ok(format!(

@@ -29,7 +29,7 @@ use crate::config::{format_duration, host_for_url, Instance, Inventory, LbBacken
 use crate::primitives::{
     ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState, MemberStats,
 };
-use commands::{set_state_cmd, set_weight_cmd, AdminState};
+use commands::{set_state_cmd, set_weight_cmd, shutdown_sessions_cmd, AdminState};
 pub use inspect::{backend_servers, cli_level, BackendServer};
 use runtime_api::RuntimeApi;
 use stat::{member_state, takes_new_traffic, ServerStat, Status};
@@ -195,6 +195,15 @@ impl LoadBalancer for HaproxyLb {
             connections_at_start: at_start,
             configured_delay: None,
         })
+    }
+
+    /// `shutdown sessions server`, then `maint` as a finished drain would.
+    async fn close_connections(&self, inst: &Instance) -> ActionResult<Option<u64>> {
+        let row = self.row(inst).await?;
+        self.set_server(inst, shutdown_sessions_cmd).await?;
+        self.set_server(inst, |b, s| set_state_cmd(b, s, AdminState::Maint))
+            .await?;
+        Ok(Some(row.sessions))
     }
 
     /// `ready`: back into load balancing. From `maint` HAProxy counts the

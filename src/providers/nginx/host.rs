@@ -26,6 +26,14 @@ pub(super) enum NginxHost {
 }
 
 impl NginxHost {
+    /// The transport and the host commands for nginx's host run on.
+    pub(super) fn transport(&self) -> (&dyn Transport, &Instance) {
+        match self {
+            Self::Local { local, on } => (local.as_ref(), on),
+            Self::Remote { ssh, on } => (ssh.as_ref(), on),
+        }
+    }
+
     pub(super) async fn exec(&self, cmd: &Cmd, timeout: Duration) -> ActionResult<ExecOutput> {
         match self {
             Self::Local { local, on } => local.exec(on, cmd, timeout).await,

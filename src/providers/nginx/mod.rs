@@ -20,9 +20,12 @@
 //! - `upstream.rs`: the upstream file's parser, editor and renderer;
 //! - `workers.rs`: nginx's processes, which master a reload signals, and
 //!   waiting for its old workers;
+//! - `drain.rs`: when one upstream server has drained (its connections
+//!   from nginx counted with `ss`);
 //! - `edit.rs`: one edit of the file — read, change, write, test, reload;
 //! - `host.rs`: where nginx runs (this machine, or `lb.run_on` over ssh).
 
+mod drain;
 mod edit;
 mod host;
 mod upstream;
@@ -44,7 +47,7 @@ use crate::primitives::{
 };
 use host::NginxHost;
 use upstream::Upstream;
-use workers::{find_master, workers_of, Until};
+use workers::{find_master, workers_of};
 
 /// How long a reload may take to reach the workers. The master sleeps
 /// 100 ms between starting new workers and stopping old ones; a big config
@@ -173,7 +176,7 @@ impl LoadBalancer for NginxLb {
         let what = match op {
             LbOp::Deregister => format!("mark {addr} down, test, reload"),
             LbOp::WaitDrained { timeout } => format!(
-                "wait for old workers to finish (≤ {})",
+                "wait for its connections to {addr} to finish (≤ {})",
                 format_duration(timeout)
             ),
             LbOp::Register => format!("mark {addr} up, test, reload"),
@@ -195,9 +198,10 @@ impl LoadBalancer for NginxLb {
         Ok(())
     }
 
-    /// Waits for the workers that served before the `down` reload to exit.
-    /// In a run that did not deregister `inst` itself (e.g. after a crash),
-    /// waits for every worker nginx is shutting down now.
+    /// Waits until nginx has no connection left to `inst` (see `drain.rs`),
+    /// or the workers that served before the `down` reload have exited. In
+    /// a run that did not deregister `inst` itself (e.g. after a crash), the
+    /// old workers are every worker nginx is shutting down now.
     async fn wait_drained(&self, inst: &Instance, timeout: Duration) -> ActionResult<DrainReport> {
         let started = Instant::now();
         let old = match self.take_pending(inst) {
@@ -216,32 +220,8 @@ impl LoadBalancer for NginxLb {
                     .collect()
             }
         };
-        let outcome = self
-            .host
-            .wait_for(&old, Until::Gone, timeout, self.inv.lb.poll_interval)
-            .await
-            .map_err(|e| e.host(&inst.name))?;
-        match outcome {
-            Ok(()) => Ok(DrainReport {
-                waited: started.elapsed(),
-                connections_at_start: None,
-                configured_delay: None,
-            }),
-            Err(still) => {
-                // Kept, so a retry waits for the same workers.
-                self.add_pending(&inst.name, &still.iter().copied().collect());
-                let message = format!(
-                    "{} old nginx worker(s) (pids {}) still finishing requests after {}; {} is marked down, so they get no new ones. Raise lb.drain_timeout, or set nginx's worker_shutdown_timeout for long-lived connections (websockets, streaming)",
-                    still.len(),
-                    join(&still),
-                    format_duration(timeout),
-                    self.addr(inst)
-                );
-                Err(ActionError::new(ErrorKind::DrainTimeout, message)
-                    .host(&inst.name)
-                    .detail("workers", still.len()))
-            }
-        }
+        let _ = started;
+        self.drain(inst, &old, timeout).await
     }
 
     async fn register(&self, inst: &Instance) -> ActionResult<()> {

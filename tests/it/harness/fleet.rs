@@ -80,6 +80,9 @@ pub struct FleetSpec {
     pub app_variant: Option<String>,
     /// The path of HAProxy's own health check (`option httpchk GET …`).
     pub haproxy_check: String,
+    /// A second HAProxy (`lb2/`) in front of the same servers: an HAProxy
+    /// pair, written to the inventory as two `[[lb]]` entries.
+    pub haproxy_pair: bool,
 }
 
 impl FleetSpec {
@@ -91,7 +94,19 @@ impl FleetSpec {
             idle_pool: None,
             app_variant: None,
             haproxy_check: "/health".into(),
+            haproxy_pair: false,
         }
+    }
+
+    /// Two HAProxy processes in front of the fleet (HAProxy only).
+    pub fn haproxy_pair(mut self) -> Self {
+        assert_eq!(
+            self.lb,
+            LbKind::Haproxy,
+            "a pair of HAProxy needs LbKind::Haproxy"
+        );
+        self.haproxy_pair = true;
+        self
     }
 
     /// `blue` instances in pool "blue" (live) and `green` in pool "green"
@@ -153,6 +168,8 @@ pub struct Fleet {
     pub instances: Vec<AppInstance>,
     /// None only while the fleet starts (apps first, then the LB).
     lb: Option<Lb>,
+    /// The second HAProxy of [`FleetSpec::haproxy_pair`].
+    lb2: Option<Haproxy>,
     pub ssh: SshFleet,
     /// Last: removed after the processes above are stopped.
     pub dir: TempDir,
@@ -207,6 +224,7 @@ impl Fleet {
         // last), so a failure below still stops every app started so far.
         let mut fleet = Fleet {
             lb: None,
+            lb2: None,
             spec,
             instances,
             ssh,
@@ -238,6 +256,15 @@ impl Fleet {
                 let h = Haproxy::start_in(&lb_dir, BACKEND, &servers, &fleet.spec.haproxy_check);
                 for s in servers.iter().filter(|s| s.disabled) {
                     h.wait_status(&s.name, "MAINT");
+                }
+                if fleet.spec.haproxy_pair {
+                    let dir2 = root.join("lb2");
+                    fs::create_dir_all(&dir2).unwrap();
+                    let h2 = Haproxy::start_in(&dir2, BACKEND, &servers, &fleet.spec.haproxy_check);
+                    for s in &servers {
+                        h2.wait_status(&s.name, if s.disabled { "MAINT" } else { "UP" });
+                    }
+                    fleet.lb2 = Some(h2);
                 }
                 Lb::Haproxy(h)
             }
@@ -301,6 +328,21 @@ impl Fleet {
             Lb::Haproxy(h) => h,
             Lb::Nginx(_) => panic!("this fleet runs nginx, not HAProxy"),
         }
+    }
+
+    /// The second HAProxy of a [`FleetSpec::haproxy_pair`] fleet.
+    pub fn haproxy2(&self) -> &Haproxy {
+        self.lb2.as_ref().expect("this fleet has no second HAProxy")
+    }
+
+    /// Steady traffic through the second HAProxy, like [`Self::load`].
+    pub fn load2(&self) -> Load {
+        let port = self.haproxy2().port;
+        Load::start(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            LOAD_RATE,
+            LOAD_MAX,
+        )
     }
 
     pub fn nginx(&self) -> &Nginx {
@@ -399,8 +441,22 @@ impl Fleet {
         }
     }
 
-    /// Where an [`LbSampler`] reads this fleet's LB.
+    /// Where an [`LbSampler`] reads this fleet's LB (both of a pair: a
+    /// server counts in service only when it is on both).
     pub fn lb_source(&self) -> LbSource {
+        if let Some(h2) = &self.lb2 {
+            let h = self.haproxy();
+            return LbSource::All(vec![
+                LbSource::Haproxy {
+                    socket: h.socket.clone(),
+                    backend: h.backend.clone(),
+                },
+                LbSource::Haproxy {
+                    socket: h2.socket.clone(),
+                    backend: h2.backend.clone(),
+                },
+            ]);
+        }
         match self.lb() {
             Lb::Haproxy(h) => LbSource::Haproxy {
                 socket: h.socket.clone(),
@@ -579,6 +635,17 @@ impl Fleet {
                     toml_str(&n.reload_command)
                 ),
             },
+            extra_lbs: self
+                .lb2
+                .iter()
+                .map(|h| {
+                    format!(
+                        "kind = \"haproxy\"\nsocket = {}\nbackend = \"{}\"\n",
+                        toml_str(&h.socket.display().to_string()),
+                        h.backend
+                    )
+                })
+                .collect(),
             pool_key: match self.spec.lb {
                 LbKind::Haproxy => format!("backend = \"{BACKEND}\""),
                 LbKind::Nginx => "upstream = \"backend\"".to_string(),
@@ -652,6 +719,9 @@ impl Drop for Fleet {
         // Wrappers waiting on a control file give up.
         let _ = fs::write(self.path("ctl").join("abort"), "");
         if let Some(Lb::Haproxy(h)) = self.lb.as_mut() {
+            h.stop();
+        }
+        if let Some(h) = self.lb2.as_mut() {
             h.stop();
         }
         for host in &mut self.ssh.hosts {

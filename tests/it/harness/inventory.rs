@@ -21,6 +21,9 @@ pub struct FleetInventory {
     pub(super) min_in_service: Option<usize>,
     pub(super) only: Option<Vec<String>>,
     pub(super) lb: String,
+    /// Further load balancers (`kind`, `socket`, … lines): with any, every
+    /// LB is written as an `[[lb]]` entry, `lb` overrides applied to each.
+    pub(super) extra_lbs: Vec<String>,
     pub(super) pool_key: String,
     pub(super) ssh: String,
     pub(super) instances: Vec<AppInstance>,
@@ -132,11 +135,20 @@ impl FleetInventory {
         let min = self
             .min_in_service
             .unwrap_or_else(|| selected.len().saturating_sub(1).max(1));
-        let lb = format!(
-            "{}drain_timeout = \"30s\"\nregister_timeout = \"30s\"\nmin_in_service = {min}\n",
-            self.lb
+        let common = format!(
+            "drain_timeout = \"30s\"\nregister_timeout = \"30s\"\nmin_in_service = {min}\n"
         );
-        t.push_str(&format!("[lb]\n{}\n", self.section("lb", &lb)));
+        if self.extra_lbs.is_empty() {
+            let lb = format!("{}{common}", self.lb);
+            t.push_str(&format!("[lb]\n{}\n", self.section("lb", &lb)));
+        } else {
+            // min_in_service bounds the fleet: the first entry only.
+            let rest = "drain_timeout = \"30s\"\nregister_timeout = \"30s\"\n";
+            for (i, body) in std::iter::once(&self.lb).chain(&self.extra_lbs).enumerate() {
+                let lb = format!("{body}{}", if i == 0 { common.as_str() } else { rest });
+                t.push_str(&format!("[[lb]]\n{}\n", self.section("lb", &lb)));
+            }
+        }
         let mut pools: Vec<&str> = selected.iter().filter_map(|i| i.pool.as_deref()).collect();
         pools.sort_unstable();
         pools.dedup();

@@ -32,6 +32,10 @@ pub enum LbSource {
     Haproxy { socket: PathBuf, backend: String },
     /// nginx's upstream include file.
     Nginx { upstream_file: PathBuf },
+    /// Several LBs read one after the other: a server (by name) is in
+    /// service only when it is in service on every one; its state reads
+    /// `UP|DRAIN`, one word per LB.
+    All(Vec<LbSource>),
 }
 
 impl LbSource {
@@ -53,6 +57,25 @@ impl LbSource {
                 let text = std::fs::read_to_string(upstream_file)
                     .map_err(|e| format!("{}: {e}", upstream_file.display()))?;
                 Ok(parse_upstream(&text))
+            }
+            Self::All(sources) => {
+                let mut out: Vec<ServerState> = Vec::new();
+                for (i, source) in sources.iter().enumerate() {
+                    for s in source.read()? {
+                        match out.iter_mut().find(|o| o.name == s.name) {
+                            Some(o) => {
+                                o.state = format!("{}|{}", o.state, s.state);
+                                o.in_service &= s.in_service;
+                            }
+                            // Missing from an earlier LB: not in service there.
+                            None => out.push(ServerState {
+                                in_service: s.in_service && i == 0,
+                                ..s
+                            }),
+                        }
+                    }
+                }
+                Ok(out)
             }
         }
     }
