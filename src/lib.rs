@@ -20,6 +20,8 @@
 //!   or shared on PostgreSQL), keyed by the inventory's identity; [`lock`] holds
 //!   the lock's holder and the local lock file, [`journal`] the records.
 //! - [`recover`]: `recover`, `unlock`, `runs` — after a crash, from any machine.
+//! - [`control`]: `pause`, `resume`, `abort`, `promote` — requests to a live
+//!   run through its state backend ([`state::control`]), from any machine.
 //! - [`redact`]: secrets masked in the lock, the journal and the logs.
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts.
@@ -29,6 +31,7 @@
 pub mod cli;
 pub mod compensate;
 pub mod config;
+pub mod control;
 pub mod effects;
 pub mod engine;
 pub mod journal;

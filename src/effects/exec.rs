@@ -55,6 +55,7 @@ impl Effects {
         } else {
             ("ssh", Some(inst))
         };
+        self.safe_point(op, target).await?;
         let checked = async {
             let out = transport.exec(inst, cmd, timeout).await?;
             if opts.check && out.status != 0 {

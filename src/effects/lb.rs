@@ -27,6 +27,9 @@ impl Effects {
                 .finish(&inst.name, "deregister", Duration::ZERO, None);
             return Ok(());
         }
+        // A pause holds here (before the capacity guard: a held run keeps
+        // no critical section); an abort refuses instances not yet updated.
+        self.safe_point("deregister", Some(inst)).await?;
         // Held until the deregister is sent: check and act are one step.
         let _section = self.take_capacity(inst).await?;
         info!(instance = %inst.name, step = "deregister", "{text}");
@@ -161,6 +164,7 @@ impl Effects {
         ) {
             return Ok(());
         }
+        self.safe_point("switch_pool", None).await?;
         info!(step = "switch", "{text}");
         self.act("switch_pool", None, &text, lb.switch_pool(pool))
             .await

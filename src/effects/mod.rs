@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 mod capacity;
+pub mod control;
 mod exec;
 mod health;
 mod lb;
@@ -81,6 +82,8 @@ pub struct Effects {
     compensating: std::sync::atomic::AtomicUsize,
     /// A signal came while compensating: the run stops once it is done.
     stop_after_compensation: std::sync::atomic::AtomicBool,
+    /// What `rollscript pause|resume|abort|promote` said (see [`control`]).
+    control: control::RunControl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,7 @@ impl Effects {
             include_parked: Default::default(),
             compensating: Default::default(),
             stop_after_compensation: Default::default(),
+            control: Default::default(),
         }
     }
 

@@ -17,6 +17,7 @@ impl Effects {
             return Ok(());
         }
         let text = lb.describe(op, inst);
+        self.safe_point("set_weight", Some(inst)).await?;
         info!(instance = %inst.name, step = "set_weight", "{text}");
         if lb.supports_weights() {
             self.weighted.lock().unwrap().insert(inst.name.clone());
@@ -110,6 +111,7 @@ impl Effects {
         if self.record(text.clone(), Estimate::default()) {
             return Ok(got);
         }
+        self.safe_point("shift_traffic", None).await?;
         info!(step = "shift_traffic", "{text}");
         self.act("shift_traffic", None, &text, lb.set_weights(&changes))
             .await?;

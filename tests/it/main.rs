@@ -6,6 +6,7 @@ mod harness;
 mod aws;
 mod aws_rolling;
 mod cli;
+mod control;
 mod corpus;
 mod customising;
 mod faults;
