@@ -159,16 +159,25 @@ pub enum Command {
         run: Option<String>,
     },
     /// Let a paused run go on; answers a pending `approval` yes.
+    #[command(
+        after_help = "Examples:\n  rollscript resume                the inventory's current run\n  rollscript resume 20261202T1504  a run by id (or a unique prefix)"
+    )]
     Resume {
         /// Run id (or a unique prefix); default: the run holding the deploy lock.
         run: Option<String>,
     },
     /// Stop a running deploy like a failed gate: rollback, compensation, weights back, exit 1. Answers a pending `approval` no.
+    #[command(
+        after_help = "Examples:\n  rollscript abort                 the inventory's current run\n  rollscript abort -i prod.toml    from any machine with the inventory (and the [state] URL)"
+    )]
     Abort {
         /// Run id (or a unique prefix); default: the run holding the deploy lock.
         run: Option<String>,
     },
     /// End the current canary bake as passed.
+    #[command(
+        after_help = "Examples:\n  rollscript promote               end the running canary's bake now, as passed\n  rollscript promote 20261202T1504"
+    )]
     Promote {
         /// Run id (or a unique prefix); default: the run holding the deploy lock.
         run: Option<String>,

@@ -49,17 +49,21 @@ pub fn send(inventory: &Path, run: Option<&str>, command: Command) -> Result<Out
         None => match lock {
             Some(LockStatus::Live(h)) => match h.holder.run.clone() {
                 Some(run) => run,
-                None => return Err(Failure::invalid(format!(
+                None => {
+                    return Err(Failure::invalid(format!(
                     "no run of {} is active: the deploy lock is {} (not a run): nothing to {word}",
                     inv.path.display(),
                     h.holder.describe()
-                ))),
+                )))
+                }
             },
-            Some(LockStatus::Stale(h, why)) => return Err(Failure::invalid(format!(
+            Some(LockStatus::Stale(h, why)) => {
+                return Err(Failure::invalid(format!(
                 "no run of {} is active: the deploy lock {} is stale ({why}): nothing to {word}",
                 inv.path.display(),
                 h.describe()
-            ))),
+            )))
+            }
             None => {
                 return Err(Failure::invalid(format!(
                     "no run of {} is active (the deploy lock is free in {}): nothing to {word}",

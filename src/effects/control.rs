@@ -190,6 +190,9 @@ impl RunControl {
     }
 }
 
+/// The plan's note at a safe point.
+pub const PAUSE_NOTE: &str = "`rollscript pause` holds here (every instance in service)";
+
 /// The error every control point raises once the run is aborted.
 pub fn aborted_error(by: &str) -> crate::primitives::ActionError {
     crate::primitives::ActionError::new(
@@ -272,13 +275,22 @@ impl Effects {
         }
     }
 
+    /// In a plan: notes where a pause would hold (nothing out of rotation).
+    pub(super) fn plan_safe_point(&self) {
+        if let Some(rec) = self.recorder() {
+            if self.ledger.out_names().is_empty() {
+                rec.safe_point(PAUSE_NOTE);
+            }
+        }
+    }
+
     /// `wait_promote(duration)`: waits up to `d`; `true` as soon as
     /// `rollscript promote` ends the bake (the request is used up), `false`
     /// when the time is up. An abort ends it with an error.
     pub async fn wait_promote(&self, d: Duration) -> crate::primitives::ActionResult<bool> {
         if self.record(
             format!(
-                "bake: wait up to {} (`rollscript promote` ends it as passed, `rollscript abort` fails it)",
+                "bake: wait {} (`rollscript promote` ends it as passed)",
                 format_duration(d)
             ),
             Estimate::exact(d),

@@ -39,6 +39,7 @@ impl Effects {
         timeout: Duration,
     ) -> ActionResult<ExecOutput> {
         let text = transport.describe(inst, cmd);
+        self.plan_safe_point();
         if self.record(
             text.clone(),
             Estimate::new(TYPICAL_COMMAND.min(timeout), timeout),

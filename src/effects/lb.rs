@@ -21,6 +21,7 @@ impl Effects {
         let lb = &self.providers.lb;
         let text = lb.describe(LbOp::Deregister, inst);
         if self.is_dry_run() {
+            self.plan_safe_point();
             self.plan_capacity(inst)?;
             self.record(text, Estimate::default());
             self.ledger
@@ -158,6 +159,7 @@ impl Effects {
             lb.describe_switch(pool),
             format_duration(bound)
         );
+        self.plan_safe_point();
         if self.record(
             text.clone(),
             Estimate::new(TYPICAL_REGISTER.min(bound), bound),

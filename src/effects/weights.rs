@@ -13,6 +13,7 @@ impl Effects {
     pub async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
         let lb = &self.providers.lb;
         let op = LbOp::SetWeight(weight);
+        self.plan_safe_point();
         if self.record(lb.describe(op, inst), Estimate::default()) {
             return Ok(());
         }
@@ -108,6 +109,7 @@ impl Effects {
             .lock()
             .unwrap()
             .extend(changes.iter().map(|(i, _)| i.name.clone()));
+        self.plan_safe_point();
         if self.record(text.clone(), Estimate::default()) {
             return Ok(got);
         }

@@ -260,7 +260,40 @@ fn an_approval_is_answered_yes_by_resume_and_no_by_abort_and_is_a_step_in_a_plan
         "{text}"
     );
     assert!(
-        text.contains("bake: wait up to 10m (`rollscript promote` ends it as passed, `rollscript abort` fails it)"),
+        text.contains("bake: wait 10m (`rollscript promote` ends it as passed)"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_plan_notes_where_a_pause_holds_before_each_instance_and_batch_never_inside_one() {
+    let fakes = Fakes::new();
+    let rec = Arc::new(Recorder::new());
+    let (_dir, plan) = effects(&fakes, Some(rec.clone()));
+    rt().block_on(async {
+        cycle(&plan, "web-1").await;
+        // A batch of two in parallel: one note, before the batch.
+        rec.begin_group(2, 2);
+        for name in ["web-2", "web-3"] {
+            rec.begin_branch();
+            cycle(&plan, name).await;
+            rec.end_branch();
+        }
+        rec.end_group();
+    });
+    let text = crate::plan::render("Plan", &rec, &[]);
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let note = "# `rollscript pause` holds here (every instance in service)";
+    assert_eq!(lines.iter().filter(|l| **l == note).count(), 2, "{text}");
+    assert_eq!(lines[1], note, "{text}");
+    assert!(lines[2].starts_with("1. fake web-1: Deregister"), "{text}");
+    let batch = lines
+        .iter()
+        .position(|l| l.starts_with("parallel: 2 items"))
+        .unwrap();
+    assert_eq!(
+        lines[batch - 1],
+        note,
+        "before the batch, not inside it: {text}"
     );
 }
