@@ -18,13 +18,20 @@
 //!   a folder per provider with its policy in `mod.rs`; one poll backoff for all.
 //! - [`state`]: where the deploy lock and the journals live (local `.rollscript/`,
 //!   or shared on PostgreSQL), keyed by the inventory's identity; [`lock`] holds
-//!   the lock's holder and the local lock file, [`journal`] the records.
-//! - [`recover`]: `recover`, `unlock`, `runs` — after a crash, from any machine.
+//!   the lock's holder and the local lock file, [`journal`] the records, the
+//!   durable writer and their replay.
+//! - [`ledger`]: which instances this run has out of service, and how far each
+//!   got; [`compensate`]: putting them back after a failure.
+//! - [`recover`]: `recover` as a pipeline (select the run, take over its lock,
+//!   prepare, compensate, report), `unlock`, `runs` — after a crash, from any
+//!   machine.
 //! - [`control`]: `pause`, `resume`, `abort`, `promote` — requests to a live
 //!   run through its state backend ([`state::control`]), from any machine.
 //! - [`redact`]: secrets masked in the lock, the journal and the logs.
 //! - [`plan`]: dry-run steps, estimates and rendering.
-//! - [`ui`]: logging and prompts.
+//! - [`ui`]: logging and prompts; [`summary`]: the run's table and JSON record.
+//!
+//! `docs/architecture.md` walks one `deregister` through these rooms.
 
 #![allow(clippy::result_large_err)] // ActionError carries the stderr tail on purpose; errors are rare.
 

@@ -99,9 +99,9 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             Ok(Outcome::Success)
         }
         Command::Recover { run, yes, force } => {
-            Ok(recover::recover(&inventory, &recover::RecoverOptions { run, yes, force }).await)
+            recover::recover(&inventory, &recover::RecoverOptions { run, yes, force }).await
         }
-        Command::Unlock { yes, force } => Ok(recover::unlock(&inventory, yes, force)),
+        Command::Unlock { yes, force } => recover::unlock(&inventory, yes, force),
         Command::Pause { run } => control::send(&inventory, run.as_deref(), Request::Pause),
         Command::Resume { run } => control::send(&inventory, run.as_deref(), Request::Resume),
         Command::Abort { run } => control::send(&inventory, run.as_deref(), Request::Abort),

@@ -313,7 +313,8 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
             &env.inventory(),
             &Default::default(),
             move |_| p.clone()
-        )),
+        ))
+        .unwrap_or_else(|f| f.outcome),
         Outcome::Success
     );
     assert_eq!(fakes.ssh.calls.all(), vec!["ssh web-2: ./rollback.sh"]);
@@ -329,7 +330,8 @@ fn recover_puts_back_what_a_killed_run_left_out_and_is_idempotent() {
             &env.inventory(),
             &Default::default(),
             move |_| p.clone()
-        )),
+        ))
+        .unwrap_or_else(|f| f.outcome),
         Outcome::Success
     );
     assert!(
@@ -492,7 +494,8 @@ fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
             &env.inventory(),
             &Default::default(),
             move |_| p.clone()
-        )),
+        ))
+        .unwrap_or_else(|f| f.outcome),
         Outcome::Success
     );
     assert_eq!(
@@ -512,7 +515,8 @@ fn recover_puts_the_weights_a_killed_run_shifted_back_and_only_once() {
             &env.inventory(),
             &Default::default(),
             move |_| p.clone()
-        )),
+        ))
+        .unwrap_or_else(|f| f.outcome),
         Outcome::Success
     );
     assert!(again.lb.calls.all().is_empty(), "nothing left to recover");

@@ -172,6 +172,17 @@ pub fn report_failure(f: &crate::outcome::Failure) {
     }
 }
 
+/// Asks a yes/no question on the terminal (stderr), reading one line of
+/// stdin: `y`, `yes` or `Y` is yes, anything else no.
+pub fn ask(question: &str) -> bool {
+    suspend(|| {
+        eprint!("{question}");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        matches!(line.trim(), "y" | "yes" | "Y")
+    })
+}
+
 /// The run summary: the table with text logs, a `summary` record with JSON.
 pub fn summary(table: &str, record: &serde_json::Value) {
     match format() {

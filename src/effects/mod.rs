@@ -248,6 +248,19 @@ impl Effects {
         }
     }
 
+    /// Journals what a step was told from outside the run (an operator's
+    /// answer, a metric's value), redacted.
+    pub(crate) fn journal_answer(&self, step: &str, question: &str, answer: &str) {
+        if let Some(j) = self.journal.get() {
+            j.best_effort(&crate::journal::Record::Answer {
+                at: crate::journal::now(),
+                step: step.to_string(),
+                question: crate::journal::redact(question),
+                answer: answer.to_string(),
+            });
+        }
+    }
+
     /// Acts: journal the intent, run `fut` (cancellable), journal the result,
     /// keep the ledger.
     async fn act<T>(

@@ -28,6 +28,7 @@ impl Effects {
             .ask(&format!("next step: {text}\n  run it? [y]es / [n]o, skip it / [a]ll, stop asking / a[b]ort: "))
             .unwrap_or_default();
         info!(step = "answer", "--step: {text}: answered {answer:?}");
+        self.journal_answer("step", text, &answer);
         match answer.as_str() {
             "y" | "yes" | "" => Ok(()),
             "a" | "all" => {
@@ -55,6 +56,7 @@ impl Effects {
         }
         if yes {
             info!(target: "script", "{question} [yes: --yes]");
+            self.journal_answer("confirm", question, "yes (--yes)");
             return Ok(true);
         }
         let operator = &self.providers.operator;
@@ -70,6 +72,7 @@ impl Effects {
             .ask(&format!("{question} [y/N] "))
             .unwrap_or_default();
         let yes = matches!(answer.as_str(), "y" | "yes");
+        self.journal_answer("confirm", question, if yes { "yes" } else { "no" });
         info!(
             step = "answer",
             "{question}: answered {}",

@@ -68,11 +68,9 @@ impl Effects {
                 self.providers.metrics.query(url, promql),
             )
             .await?;
-        info!(
-            step = "metrics",
-            "{text} = {}",
-            value.map_or("no data".into(), |v| v.to_string())
-        );
+        let shown = value.map_or("no data".into(), |v| v.to_string());
+        info!(step = "metrics", "{text} = {shown}");
+        self.journal_answer("metrics", &text, &shown);
         Ok(value)
     }
 

@@ -346,6 +346,31 @@ fn confirm_notify_and_metrics_go_through_their_traits() {
         })
         .collect();
     assert_eq!(journalled, ["notify", "metrics"]);
+    // And what they answered: the operator's yes, the metric's (absent) value.
+    let answers: Vec<(String, String, String)> = env
+        .journal()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Answer {
+                step,
+                question,
+                answer,
+                ..
+            } => Some((step, question, answer)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            ("confirm".into(), "deploy?".into(), "yes".into()),
+            (
+                "metrics".into(),
+                "prometheus http://prometheus:9090: up".into(),
+                "no data".into()
+            ),
+        ]
+    );
 }
 
 #[test]

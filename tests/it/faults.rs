@@ -481,7 +481,8 @@ fn signal_during_a_drain(sig: i32) {
     wait_until("the load to get going", Duration::from_secs(10), || {
         load.so_far().ok() >= 20
     });
-    // A slow request held on web-1, so its drain has something to wait for.
+    // A slow request held on web-1, so its drain has something to wait for
+    // (30 s: long enough to outlast a slow start of the run on a busy machine).
     // The load's own /slow requests last 200 ms: a session on web-1 a second
     // old or more (HAProxy's `show sess`) is one of these.
     let lb = fleet.lb_addr();
@@ -496,7 +497,7 @@ fn signal_during_a_drain(sig: i32) {
     };
     let mut slow = Vec::new();
     for _ in 0..12 {
-        slow.push(std::thread::spawn(move || get(lb, "/slow?ms=15000")));
+        slow.push(std::thread::spawn(move || get(lb, "/slow?ms=30000")));
         std::thread::sleep(Duration::from_millis(1100));
         if held() {
             break;
