@@ -9,8 +9,9 @@
 //!   instance's cycle (or beside another branch of its batch that is out)
 //!   goes on, and the run holds before the next instance or batch.
 //! - **Abort** stops like a failed gate: every wait (`sleep`, a bake, a
-//!   pause, an `approval`) ends at once with kind `aborted`, and no instance
-//!   the run has not updated is taken out from then on; the script's own
+//!   pause, an `approval`) ends at once with kind `aborted`, and nothing
+//!   moves forward from then on (no instance the run has not updated is
+//!   taken out or given a command, no traffic switched or shifted); the script's own
 //!   rollback (canary abort, the rollout's full rollback) and compensation
 //!   still run, and the run exits 1 naming who aborted.
 //! - **Promote** ends the current bake ([`Effects::wait_promote`]) as passed.
@@ -229,10 +230,19 @@ impl Effects {
         }
         let name = inst.map(|i| i.name.as_str()).unwrap_or("");
         if let Some(by) = self.control.aborted_by() {
-            // The script's own rollback takes updated instances out again:
-            // let it. Anything not yet deployed stays as it is.
-            if op == "deregister" && !self.ledger.is_updated(name) {
-                return Err(aborted_error(&by).host(name));
+            // The script's own rollback takes updated instances out again
+            // and runs commands on instances that are out: let it. Nothing
+            // moves forward: no instance not yet deployed is taken out or
+            // given a command, no traffic is switched or shifted.
+            let forward = match op {
+                "deregister" => !self.ledger.is_updated(name),
+                "ssh" | "local" => !self.ledger.is_out(name) && !self.ledger.is_updated(name),
+                "switch_pool" | "shift_traffic" => true,
+                _ => false,
+            };
+            if forward {
+                let e = aborted_error(&by);
+                return Err(if name.is_empty() { e } else { e.host(name) });
             }
             return Ok(());
         }

@@ -185,10 +185,26 @@ fn an_abort_ends_a_hold_and_a_wait_and_takes_no_new_instance_out_but_lets_a_roll
             (err.kind, err.host.as_deref()),
             (ErrorKind::Aborted, Some("web-3"))
         );
+        // Nothing moves forward: no command on it, no traffic switched.
+        let err = e
+            .ssh(&web3, &Cmd::Shell("./deploy.sh".into()), Default::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Aborted);
+        let err = e.switch_pool("green").await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Aborted);
         let web1 = e.inventory.instance("web-1").unwrap().clone();
         e.deregister(&web1)
             .await
             .expect("the rollback of an updated instance");
+        e.ssh(
+            &web1,
+            &Cmd::Shell("./rollback.sh".into()),
+            Default::default(),
+        )
+        .await
+        .expect("a command on an instance that is out (its rollback)");
+        assert!(!fakes.ssh.calls.all().iter().any(|c| c.contains("web-3")));
         assert!(!fakes
             .lb
             .calls
