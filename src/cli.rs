@@ -9,6 +9,9 @@ use clap_complete::Shell;
 
 const EXAMPLES: &str = "\
 Examples:
+  rollscript init --lb haproxy --socket /run/haproxy/admin.sock --backend app
+                                                       write rollscript.toml from the live load balancer
+  rollscript doctor                                    would a deploy work? checks everything, touches nothing
   rollscript run scripts/rolling.rhai                  zero-downtime rolling deploy of ./rollscript.toml
   rollscript run scripts/rolling.rhai --var batch=25%  a quarter of the fleet at a time
   rollscript plan scripts/canary.rhai -i prod.toml     dry run: every step, nothing touched
@@ -98,7 +101,17 @@ pub enum Command {
         /// on ELBv2). They are left out of rotation afterwards.
         #[arg(long)]
         include_parked: bool,
+        /// Run every check of `rollscript doctor` first; any failure refuses
+        /// the run (exit 2, nothing touched).
+        #[arg(long, conflicts_with = "dry_run")]
+        preflight: bool,
     },
+    /// Write a starter inventory (-i, default rollscript.toml) from the live load balancer.
+    #[command(after_help = INIT_EXAMPLES)]
+    Init(Box<InitArgs>),
+    /// Prove a deploy can work, touching nothing: LB rights, inventory vs LB, ssh, app.deploy, health, capacity, state.
+    #[command(after_help = DOCTOR_EXAMPLES)]
+    Doctor,
     /// Dry run: print every step the script would take and an estimated duration. Touches nothing.
     #[command(
         after_help = "Example:\n  rollscript plan scripts/rolling.rhai -i examples/haproxy.toml --var batch=2"
@@ -203,10 +216,148 @@ pub enum Command {
     },
 }
 
+const INIT_EXAMPLES: &str = "\
+Examples:
+  rollscript init --lb haproxy --socket /run/haproxy/admin.sock --backend credit_radar
+  rollscript init --lb nginx --upstream-file /etc/nginx/conf.d/app_upstream.conf --upstream app
+  rollscript init --lb aws --target-group-arn arn:aws:elasticloadbalancing:…:targetgroup/app/… --region eu-west-1
+  rollscript init --lb none --hosts 10.0.1.10,10.0.1.11 --deploy './deploy.sh' --user deploy
+
+Instances (names, addresses, ports) are read from the load balancer; the
+rest are the seed's defaults or the flags given, every guess marked
+`# guess:` in the file. Then: rollscript doctor, rollscript plan scripts/rolling.rhai";
+
+const DOCTOR_EXAMPLES: &str = "\
+Examples:
+  rollscript doctor
+  rollscript doctor -i prod.toml --summary json | jq '.checks[] | select(.ok | not)'
+
+Checks, in parallel: the LB answers with the rights a deploy needs (HAProxy
+`level admin`, nginx's test command, ELBv2 describe calls), each instance is
+the LB's at the inventory's address, ssh connects (strict host keys) and runs
+`true`, app.deploy's program exists on the host, the health check passes now,
+the capacity guard could take each instance out, the state is writable and
+the deploy lock free. Exit 0 only when all pass; 1 otherwise.";
+
+/// `rollscript init`: where the fleet is read from, and what replaces a guess.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The load balancer in front of the fleet.
+    #[arg(long, value_enum)]
+    pub lb: InitLb,
+    /// HAProxy runtime API: a unix socket path or host:port.
+    #[arg(long, required_if_eq("lb", "haproxy"))]
+    pub socket: Option<String>,
+    /// HAProxy backend holding the fleet's servers.
+    #[arg(long, required_if_eq("lb", "haproxy"))]
+    pub backend: Option<String>,
+    /// nginx: the include file holding the `upstream NAME { … }` block.
+    #[arg(long, value_name = "FILE", required_if_eq("lb", "nginx"))]
+    pub upstream_file: Option<PathBuf>,
+    /// nginx: the upstream's name.
+    #[arg(long, value_name = "NAME", required_if_eq("lb", "nginx"))]
+    pub upstream: Option<String>,
+    /// nginx: the command that tests the configuration (default `nginx -t`).
+    #[arg(long, value_name = "CMD")]
+    pub test_command: Option<String>,
+    /// nginx: the command that reloads it (default `nginx -s reload`).
+    #[arg(long, value_name = "CMD")]
+    pub reload_command: Option<String>,
+    /// AWS: the ELBv2 target group (instance targets).
+    #[arg(long, value_name = "ARN", required_if_eq("lb", "aws"))]
+    pub target_group_arn: Option<String>,
+    /// AWS region (default: the ARN's).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// AWS endpoint override (an emulator such as moto_server).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// No load balancer: these hosts, comma-separated.
+    #[arg(long, value_delimiter = ',', required_if_eq("lb", "none"))]
+    pub hosts: Vec<String>,
+    /// app.name (default: the backend's, upstream's or target group's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// app.deploy: the command run on each instance.
+    #[arg(long, value_name = "CMD")]
+    pub deploy: Option<String>,
+    /// app.rollback.
+    #[arg(long, value_name = "CMD")]
+    pub rollback: Option<String>,
+    /// ssh.user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// ssh.identity: the private key.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// ssh.known_hosts.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// ssh.config: an ssh client config (ports, jump hosts).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// health.path.
+    #[arg(long, value_name = "PATH")]
+    pub health_path: Option<String>,
+    /// health.port (default: the port the LB sends traffic to).
+    #[arg(long, value_name = "PORT")]
+    pub health_port: Option<u16>,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitLb {
+    Haproxy,
+    Nginx,
+    Aws,
+    None,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// Print one run's journal readably.
     Show { run: String },
+}
+
+/// `init`'s flags as plain options (the inventory path is where it writes).
+pub fn init_options(a: InitArgs, path: PathBuf) -> crate::init::InitOptions {
+    use crate::init::{Given, InitOptions, Source};
+    let source = match a.lb {
+        InitLb::Haproxy => Source::Haproxy {
+            socket: a.socket.unwrap_or_default(),
+            backend: a.backend.unwrap_or_default(),
+        },
+        InitLb::Nginx => Source::Nginx {
+            upstream_file: a.upstream_file.unwrap_or_default(),
+            upstream: a.upstream.unwrap_or_default(),
+            test_command: a.test_command,
+            reload_command: a.reload_command,
+        },
+        InitLb::Aws => Source::Aws {
+            target_group_arn: a.target_group_arn.unwrap_or_default(),
+            region: a.region,
+            endpoint: a.endpoint,
+        },
+        InitLb::None => Source::None { hosts: a.hosts },
+    };
+    InitOptions {
+        path,
+        force: a.force,
+        source,
+        given: Given {
+            name: a.name,
+            deploy: a.deploy,
+            rollback: a.rollback,
+            user: a.user,
+            identity: a.identity,
+            known_hosts: a.known_hosts,
+            ssh_config: a.ssh_config,
+            health_path: a.health_path,
+            health_port: a.health_port,
+        },
+    }
 }
 
 /// Prints the completion script for `shell` on stdout.

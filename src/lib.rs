@@ -10,6 +10,9 @@
 //! - [`outcome`]: how a command ends — an exit code, or a [`outcome::Failure`]
 //!   printed once by `main`, as text or JSON.
 //! - [`preflight`]: what a run checks before its first side effect.
+//! - [`init`]: `rollscript init`, a starter inventory read from the live load balancer.
+//! - [`doctor`]: `rollscript doctor` and `run --preflight`: would a deploy
+//!   work? Every check read-only, in parallel, as one table.
 //! - [`engine`]: the Rhai host — the only module that imports `rhai`.
 //! - [`effects`]: the layer every side effect crosses (dry-run recorder,
 //!   cancellation, bookkeeping of instances taken out of service, capacity guard).
@@ -39,8 +42,10 @@ pub mod cli;
 pub mod compensate;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod effects;
 pub mod engine;
+pub mod init;
 pub mod journal;
 pub mod ledger;
 pub mod lock;

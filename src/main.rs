@@ -54,6 +54,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             step,
             only_failed,
             include_parked,
+            preflight,
         } => {
             run::run(RunOptions {
                 script,
@@ -65,10 +66,13 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
                 only_failed,
                 step,
                 include_parked,
+                preflight,
                 summary,
             })
             .await
         }
+        Command::Init(args) => rollscript::init::init(cli::init_options(*args, inventory)).await,
+        Command::Doctor => rollscript::doctor::doctor(&inventory, summary).await,
         Command::Plan { script } => {
             run::run(RunOptions {
                 script,
@@ -80,6 +84,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
                 only_failed: None,
                 step: false,
                 include_parked: false,
+                preflight: false,
                 summary,
             })
             .await

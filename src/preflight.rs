@@ -4,8 +4,12 @@
 //! instance, key or file; any problem refuses the run (exit 2, nothing
 //! touched).
 
-use crate::config::CountOrPercent;
+use std::sync::Arc;
+
+use crate::config::{CountOrPercent, Inventory};
 use crate::effects::Effects;
+use crate::outcome::{Failure, Outcome};
+use crate::primitives::Providers;
 
 /// Every problem found (empty: the run may start). Reads only.
 pub async fn problems(effects: &Effects) -> Vec<String> {
@@ -29,4 +33,29 @@ pub async fn problems(effects: &Effects) -> Vec<String> {
         )),
     }
     problems
+}
+
+/// `run --preflight`: every check of `rollscript doctor` (ssh, app.deploy,
+/// health, capacity, LB rights, state) before the first side effect; any
+/// failure refuses the run with one sentence per failed check.
+pub async fn doctor(
+    inv: &Arc<Inventory>,
+    make: &impl Fn(&Arc<Inventory>) -> Providers,
+) -> Result<(), Failure> {
+    let checks = crate::doctor::run_checks(inv.clone(), make).await;
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.status == crate::doctor::Status::Fail)
+        .map(|c| c.sentence())
+        .collect();
+    if failed.is_empty() {
+        tracing::info!(
+            "preflight: all {} checks of `rollscript doctor` passed",
+            checks.len()
+        );
+        return Ok(());
+    }
+    Err(Failure::many(Outcome::Invalid, failed).with_hint(
+        "nothing was touched: --preflight refused the run (`rollscript doctor` shows every check)",
+    ))
 }

@@ -75,6 +75,7 @@ impl Env {
             only_failed: None,
             step: false,
             include_parked: false,
+            preflight: false,
             summary: crate::run::SummaryFormat::Off,
         }
     }

@@ -251,7 +251,13 @@ impl Inventory {
             file: path.to_path_buf(),
             line: None,
             key: None,
-            message: format!("cannot read inventory: {e}"),
+            message: match e.kind() {
+                // A new user's first run: say how to get one.
+                std::io::ErrorKind::NotFound => format!(
+                    "cannot read inventory: {e}. Write one from the load balancer with                      `rollscript init --lb haproxy --socket PATH --backend NAME` (or --lb nginx|aws|none,                      see `rollscript init --help`), or name an existing one with `-i FILE` or ROLLSCRIPT_INVENTORY"
+                ),
+                _ => format!("cannot read inventory: {e}"),
+            },
         })?;
         Self::parse(path, &text)
     }

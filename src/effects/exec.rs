@@ -23,6 +23,26 @@ impl Effects {
         self.exec(&*transport, inst, cmd, opts, timeout).await
     }
 
+    /// Opens ssh connections to `insts` in the background (at most
+    /// `ssh.max_parallel` connects at once), while the current step works,
+    /// so their first command does not wait for the handshake. Not a step:
+    /// nothing in a plan, nothing journalled; a host that cannot be reached
+    /// is reported at its own turn, never here. Parked instances are skipped.
+    pub fn connect_ahead(&self, rt: &tokio::runtime::Handle, insts: &[Instance]) {
+        if self.is_dry_run() || self.cancel_token().is_cancelled() {
+            return;
+        }
+        let mut warming = self.warming.lock().unwrap();
+        warming.retain(|w| !w.is_finished());
+        for inst in insts {
+            if self.hidden(&inst.name) {
+                continue;
+            }
+            let (ssh, inst) = (self.providers.ssh.clone(), inst.clone());
+            warming.push(rt.spawn(async move { ssh.warm(&inst).await }));
+        }
+    }
+
     pub async fn local(&self, cmd: &Cmd, opts: ExecOptions) -> ActionResult<ExecOutput> {
         let transport = self.providers.local.clone();
         let timeout = opts.timeout.unwrap_or(self.inventory.ssh.command_timeout);

@@ -84,6 +84,9 @@ pub struct Effects {
     stop_after_compensation: std::sync::atomic::AtomicBool,
     /// What `rollscript pause|resume|abort|promote` said (see [`control`]).
     control: control::RunControl,
+    /// Connections being opened ahead ([`Effects::connect_ahead`]): awaited
+    /// before the transport closes.
+    warming: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,7 @@ impl Effects {
             compensating: Default::default(),
             stop_after_compensation: Default::default(),
             control: Default::default(),
+            warming: Default::default(),
         }
     }
 
@@ -168,6 +172,23 @@ impl Effects {
     /// Capacity may have changed (compensation put an instance back).
     pub fn capacity_changed(&self) {
         self.guard.changed();
+    }
+
+    /// Compensates `name` now when this run has it out of service (the
+    /// script's `compensate(inst)`), as the runtime does after a failure:
+    /// true when it is back in service, or was never out. Blocking.
+    pub fn compensate_now(self: &Arc<Self>, handle: &tokio::runtime::Handle, name: &str) -> bool {
+        let Some(target) = self
+            .ledger
+            .out_of_service()
+            .into_iter()
+            .find(|t| t.name == name)
+        else {
+            return true;
+        };
+        crate::compensate::compensate(self, handle, &[target], None)
+            .first()
+            .is_some_and(|f| f.restored)
     }
 
     /// Compensation starts or ends: while it runs, a first Ctrl-C is only
@@ -335,6 +356,10 @@ impl Effects {
     /// Closes every connection the run opened.
     pub async fn close(&self) {
         let started = Instant::now();
+        let warming = std::mem::take(&mut *self.warming.lock().unwrap());
+        for w in warming {
+            let _ = w.await;
+        }
         self.providers.ssh.close().await;
         if started.elapsed() > Duration::from_secs(2) {
             warn!(

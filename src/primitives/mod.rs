@@ -67,6 +67,11 @@ pub trait Transport: Send + Sync {
     /// Output is streamed to the log line by line as it arrives.
     async fn exec(&self, inst: &Instance, cmd: &Cmd, timeout: Duration)
         -> ActionResult<ExecOutput>;
+    /// Opens the connection to `inst` ahead of its first command (the
+    /// instances that come next), so that command does not wait for the
+    /// handshake. Never fails: a host that cannot be reached now is tried
+    /// again, and reported, at its own first command.
+    async fn warm(&self, _inst: &Instance) {}
     /// Closes connections opened during the run.
     async fn close(&self) {}
 }

@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub step: bool,
     /// Deploy instances found out of rotation before the run (they stay out).
     pub include_parked: bool,
+    /// Run every `doctor` check before the first side effect.
+    pub preflight: bool,
     pub summary: SummaryFormat,
 }
 
@@ -100,6 +102,9 @@ pub async fn run_with(
     let run = prepare(&opts, loaded, &make)?;
     if opts.dry_run {
         return Ok(plan(&opts, &run).await);
+    }
+    if opts.preflight {
+        crate::preflight::doctor(&run.inventory, &make).await?;
     }
     let problems = crate::preflight::problems(&run.effects).await;
     if !problems.is_empty() {

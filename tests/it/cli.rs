@@ -277,6 +277,8 @@ fn completions_and_help_with_examples() {
         "runs",
         "completions",
         "man",
+        "init",
+        "doctor",
     ] {
         let out = rollscript().args([sub, "--help"]).output().unwrap();
         assert!(

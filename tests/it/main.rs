@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod ahead;
 mod aws;
 mod aws_rolling;
 mod cli;
@@ -13,6 +14,7 @@ mod faults;
 mod gates;
 mod haproxy;
 mod health;
+mod init_doctor;
 mod install;
 mod lb_contract;
 mod nginx;

@@ -51,17 +51,7 @@ Example: `if !compensate(inst) { warn(`${inst.name} left out`); }`",
     )
     .register_into_engine(engine, move |inst: Dynamic| -> RhaiResult<bool> {
         let inst = crate::engine::convert::instance_arg(&c.effects.inventory, &inst)?;
-        let Some(target) = c
-            .effects
-            .ledger
-            .out_of_service()
-            .into_iter()
-            .find(|t| t.name == inst.name)
-        else {
-            return Ok(true);
-        };
-        let fates = crate::compensate::compensate(&c.effects, c.handle(), &[target], None);
-        Ok(fates.first().is_some_and(|f| f.restored))
+        Ok(c.effects.compensate_now(c.handle(), &inst.name))
     });
 
     let c = ctx.clone();

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rhai::{Dynamic, Engine, Map};
+use rhai::{Array, Dynamic, Engine, Map};
 
 use super::func;
 use crate::effects::ExecOptions;
@@ -40,6 +40,22 @@ Example: `ssh(inst, [\"./deploy.sh\", var(\"version\")]);`";
                 .map_err(throw)
         },
     );
+
+    let c = ctx.clone();
+    func(
+        "connect_ahead",
+        &["insts: Array", "()"],
+        "Opens ssh connections to `insts` in the background (at most `ssh.max_parallel` connects at once) while the current step works, so their first command does not wait for the handshake. Not a step: nothing in a plan or the journal; a host that cannot be reached is reported at its own first command, never here. `rollout::rolling` does it for the next batch.
+Example: `connect_ahead(groups[b + 1]);`",
+    )
+    .register_into_engine(engine, move |insts: Array| -> RhaiResult<()> {
+        let insts = insts
+            .iter()
+            .map(|i| instance_arg(&c.effects.inventory, i))
+            .collect::<RhaiResult<Vec<_>>>()?;
+        c.effects.connect_ahead(c.handle(), &insts);
+        Ok(())
+    });
 
     const LOCAL_DOC: &str = "Runs `cmd` with `sh -c` on the machine running rollscript (LB-host commands, builds, notifications). Same result, options and errors as `ssh`.
 Example: `local(\"git rev-parse HEAD\").stdout`";

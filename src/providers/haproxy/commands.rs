@@ -78,6 +78,14 @@ pub(super) fn show_stat_cmd(backend: &str) -> Result<String, BadName> {
     Ok(format!("show stat {} 4 -1", checked("backend", backend)?))
 }
 
+/// `show servers state BACKEND`: names, addresses and ports, one line each.
+pub(super) fn show_servers_state_cmd(backend: &str) -> Result<String, BadName> {
+    Ok(format!(
+        "show servers state {}",
+        checked("backend", backend)?
+    ))
+}
+
 /// What the operator can do about a refusal HAProxy explains only tersely.
 pub(super) fn hint_for(reply: &str, backend: &str, server: &str) -> String {
     if reply.starts_with("No such backend") || reply.starts_with("No such proxy") {

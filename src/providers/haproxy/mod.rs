@@ -7,9 +7,12 @@
 //! - `servers.rs`: which HAProxy server an instance is, and one command to it;
 //! - `commands.rs`: the command lines, plain data built from checked names;
 //! - `runtime_api.rs`: the socket, one command per connection;
-//! - `stat.rs`: the `show stat` CSV and HAProxy's status words.
+//! - `stat.rs`: the `show stat` CSV and HAProxy's status words;
+//! - `inspect.rs`: read-only questions for `init` and `doctor` (a backend's
+//!   servers, the socket's level).
 
 mod commands;
+mod inspect;
 mod runtime_api;
 mod servers;
 mod stat;
@@ -27,6 +30,7 @@ use crate::primitives::{
     ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState, MemberStats,
 };
 use commands::{set_state_cmd, set_weight_cmd, AdminState};
+pub use inspect::{backend_servers, cli_level, BackendServer};
 use runtime_api::RuntimeApi;
 use stat::{member_state, takes_new_traffic, ServerStat, Status};
 
@@ -357,6 +361,14 @@ impl LoadBalancer for HaproxyLb {
                 self.inv.traffic_port(inst)
             );
             let row = match rows.iter().find(|r| r.server == inst.name) {
+                // Below level admin `show stat` leaves `addr` empty.
+                Some(row) if row.addr.is_empty() => {
+                    problems.push(format!(
+                        "{}: HAProxy at {} shows no address for server {}/{}, so it cannot be checked against the inventory: the socket is below level admin (declare it `stats socket … level admin`)",
+                        inst.name, self.api, row.backend, row.server
+                    ));
+                    continue;
+                }
                 Some(row) if !self.at(inst, row).await => {
                     problems.push(format!(
                         "{}: HAProxy server {}/{} is at {}, but the inventory says {} is at {here}: fix its host/port (or the server line in haproxy.cfg)",

@@ -28,6 +28,8 @@ mod host;
 mod upstream;
 mod workers;
 
+pub use upstream::{upstream_servers, UpstreamServer};
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -200,6 +200,31 @@ impl Upstream {
 
 /// nginx's config words, with `{`, `}` and `;` as words of their own and
 /// `#` comments dropped.
+/// One `server` of an upstream block, for `rollscript init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamServer {
+    /// As written: `10.0.1.10:4000`, `app1.internal`, `[::1]:4000`.
+    pub addr: String,
+    pub weight: Option<u32>,
+    pub down: bool,
+}
+
+/// The servers of `upstream NAME { … }` in `text`, read the way a run reads
+/// lb.upstream_file (so a file `init` accepts is one a run accepts too).
+pub fn upstream_servers(text: &str, name: &str) -> Result<Vec<UpstreamServer>, String> {
+    let block = Upstream::parse(text, name)?
+        .ok_or_else(|| format!("the file is empty: no `upstream {name} {{ … }}` block"))?;
+    Ok(block
+        .servers
+        .into_iter()
+        .map(|s| UpstreamServer {
+            addr: s.addr,
+            weight: s.weight,
+            down: s.down,
+        })
+        .collect())
+}
+
 fn tokenize(text: &str) -> Vec<String> {
     let mut tokens = Vec::new();
     for line in text.lines() {

@@ -111,6 +111,11 @@ impl Transport for SshTransport {
         format!("ssh {}: {}", self.destination(inst), cmd.to_shell())
     }
 
+    async fn warm(&self, inst: &Instance) {
+        let host = self.host(inst);
+        self.warm_master(inst, &host).await;
+    }
+
     async fn exec(
         &self,
         inst: &Instance,

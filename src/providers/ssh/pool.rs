@@ -220,6 +220,31 @@ impl SshTransport {
         }
     }
 
+    /// Connects the host's master ahead of its first command, unless it has
+    /// one. A failure is not kept: that command connects again and reports
+    /// it at its own turn. A command arriving meanwhile waits for this
+    /// connect and shares its master.
+    pub(super) async fn warm_master(&self, inst: &Instance, host: &Host) {
+        let mut slot = host.conn.lock().await;
+        if slot.master.is_some() {
+            return;
+        }
+        let result = {
+            let _permit = self.connects.acquire().await.expect("never closed");
+            self.connect(inst).await
+        };
+        match result {
+            Ok(m) => {
+                slot.master = Some(MasterRef(Arc::new(m)));
+                slot.failure = None;
+                debug!(instance = %inst.name, "ssh: master opened ahead of its first command");
+            }
+            Err(e) => {
+                debug!(instance = %inst.name, "ssh: opening ahead failed, tried again at its turn: {e}")
+            }
+        }
+    }
+
     /// Drops `dead` as the host's master (it exited: idle, network loss), so
     /// the next command connects afresh.
     pub(super) async fn forget(&self, host: &Host, dead: &MasterRef) {

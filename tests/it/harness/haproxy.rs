@@ -7,7 +7,8 @@
 //! `option redispatch`, `http-reuse never`. HAProxy checks every server with
 //! `option httpchk GET /health` (or another path) every 100 ms, down after
 //! 2 failures, up after 2 passes. The runtime API answers at admin level on
-//! a unix socket and on TCP (`127.0.0.1:PORT`).
+//! a unix socket and on TCP (`127.0.0.1:PORT`), and at user level on
+//! `user.sock` beside them.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -85,6 +86,12 @@ impl Haproxy {
         };
         h.restart();
         h
+    }
+
+    /// The same runtime API at `level user` (reads only: `set server` is
+    /// "Permission denied"), the socket a careless haproxy.cfg gives.
+    pub fn user_socket(&self) -> PathBuf {
+        self.dir.join("user.sock")
     }
 
     /// The folder holding haproxy.cfg, the socket and the log.
@@ -172,6 +179,7 @@ impl Haproxy {
              global\n\
              \x20   stats socket {sock} mode 600 level admin\n\
              \x20   stats socket ipv4@{api} level admin\n\
+             \x20   stats socket {user_sock} mode 600 level user\n\
              \x20   maxconn 2000\n\
              \x20   log stdout format short local0 info\n\
              defaults\n\
@@ -192,6 +200,7 @@ impl Haproxy {
              \x20   option httpchk GET {check}\n\
              \x20   default-server check inter 100ms fastinter 100ms downinter 100ms fall 2 rise 2\n",
             sock = self.socket.display(),
+            user_sock = self.user_socket().display(),
             api = self.api_addr,
             port = self.port,
             be = self.backend,
