@@ -17,6 +17,7 @@ Examples:
   rollscript plan scripts/canary.rhai -i prod.toml     dry run: every step, nothing touched
   rollscript check scripts/*.rhai                      compile and lint, for CI
   rollscript api                                       every function a script can call
+  rollscript pause / resume / abort / promote          steer the running deploy, from any terminal
 
 Exit codes: 0 success · 1 deployment failed or aborted · 2 usage, inventory or
 script error (nothing touched) · 3 another run holds the deploy lock · 130 interrupted";
@@ -161,6 +162,38 @@ pub enum Command {
         /// Remove it even when its holder cannot be proven gone.
         #[arg(long)]
         force: bool,
+    },
+    /// Hold a running deploy at its next safe point (between instances or batches, every instance in service).
+    #[command(
+        after_help = "Examples:\n  rollscript pause                 the inventory's current run\n  rollscript pause 20261202T1504   a run by id (or a unique prefix)\n  rollscript resume                go on"
+    )]
+    Pause {
+        /// Run id (or a unique prefix); default: the run holding the deploy lock.
+        run: Option<String>,
+    },
+    /// Let a paused run go on; answers a pending `approval` yes.
+    #[command(
+        after_help = "Examples:\n  rollscript resume                the inventory's current run\n  rollscript resume 20261202T1504  a run by id (or a unique prefix)"
+    )]
+    Resume {
+        /// Run id (or a unique prefix); default: the run holding the deploy lock.
+        run: Option<String>,
+    },
+    /// Stop a running deploy like a failed gate: rollback, compensation, weights back, exit 1. Answers a pending `approval` no.
+    #[command(
+        after_help = "Examples:\n  rollscript abort                 the inventory's current run\n  rollscript abort -i prod.toml    from any machine with the inventory (and the [state] URL)"
+    )]
+    Abort {
+        /// Run id (or a unique prefix); default: the run holding the deploy lock.
+        run: Option<String>,
+    },
+    /// End the current canary bake as passed.
+    #[command(
+        after_help = "Examples:\n  rollscript promote               end the running canary's bake now, as passed\n  rollscript promote 20261202T1504"
+    )]
+    Promote {
+        /// Run id (or a unique prefix); default: the run holding the deploy lock.
+        run: Option<String>,
     },
     /// List recorded runs, or show one.
     #[command(after_help = "Examples:\n  rollscript runs\n  rollscript runs show 20261129T1612")]

@@ -314,6 +314,15 @@ impl Ledger {
             .is_some_and(|e| e.out)
     }
 
+    /// Whether this run put `inst` back on the new release.
+    pub fn is_updated(&self, inst: &str) -> bool {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(inst)
+            .is_some_and(|e| e.updated)
+    }
+
     pub fn set_detail(&self, inst: &str, detail: String) {
         if let Some(e) = self.entries.lock().unwrap().get_mut(inst) {
             if e.current.is_some() {

@@ -28,6 +28,8 @@
 //! - [`recover`]: `recover` as a pipeline (select the run, take over its lock,
 //!   prepare, compensate, report), `unlock`, `runs` — after a crash, from any
 //!   machine.
+//! - [`control`]: `pause`, `resume`, `abort`, `promote` — requests to a live
+//!   run through its state backend ([`state::control`]), from any machine.
 //! - [`redact`]: secrets masked in the lock, the journal and the logs.
 //! - [`plan`]: dry-run steps, estimates and rendering.
 //! - [`ui`]: logging and prompts; [`summary`]: the run's table and JSON record.
@@ -39,6 +41,7 @@
 pub mod cli;
 pub mod compensate;
 pub mod config;
+pub mod control;
 pub mod doctor;
 pub mod effects;
 pub mod engine;

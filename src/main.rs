@@ -3,8 +3,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use rollscript::cli::{self, Cli, Command, LogFormat, RunsCommand, SummaryArg};
+use rollscript::control;
 use rollscript::recover;
 use rollscript::run::{self, ApiFormat, Failure, Outcome, RunOptions, SummaryFormat};
+use rollscript::state::control::Command as Request;
 use rollscript::ui;
 
 // Rhai allocates a value for nearly every step of a script; mimalloc makes a
@@ -105,6 +107,10 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Failure> {
             recover::recover(&inventory, &recover::RecoverOptions { run, yes, force }).await
         }
         Command::Unlock { yes, force } => recover::unlock(&inventory, yes, force),
+        Command::Pause { run } => control::send(&inventory, run.as_deref(), Request::Pause),
+        Command::Resume { run } => control::send(&inventory, run.as_deref(), Request::Resume),
+        Command::Abort { run } => control::send(&inventory, run.as_deref(), Request::Abort),
+        Command::Promote { run } => control::send(&inventory, run.as_deref(), Request::Promote),
         Command::Runs { show: None } => {
             print!(
                 "{}",

@@ -123,6 +123,40 @@ impl Recorder {
         });
     }
 
+    /// A note where `rollscript pause` would hold: not in a later branch
+    /// of a parallel group (its first branch is the batch's start, the
+    /// others run beside it), and not twice in a row.
+    pub fn safe_point(&self, text: &str) {
+        let mut st = self.state.lock().unwrap();
+        let beside = st.stack.iter().any(
+            |f| matches!(f, Frame::Group { shown: true, branches, .. } if !branches.is_empty()),
+        );
+        let again = matches!(st.lines.last(), Some(Line::Note { text: t, .. }) if t == text);
+        if beside || again {
+            return;
+        }
+        // At the start of a batch's first branch: before the batch's header.
+        if let Some(&Line::Group { depth, .. }) = st.lines.last() {
+            let at = st.lines.len() - 1;
+            let again = matches!(at.checked_sub(1).map(|i| &st.lines[i]), Some(Line::Note { text: t, .. }) if t == text);
+            if !again {
+                st.lines.insert(
+                    at,
+                    Line::Note {
+                        depth,
+                        text: text.into(),
+                    },
+                );
+            }
+            return;
+        }
+        let depth = Self::depth(&st);
+        st.lines.push(Line::Note {
+            depth,
+            text: text.into(),
+        });
+    }
+
     pub fn begin_group(&self, items: usize, limit: usize) {
         let mut st = self.state.lock().unwrap();
         let depth = Self::depth(&st);

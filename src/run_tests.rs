@@ -11,6 +11,7 @@ use crate::primitives::MemberState;
 use crate::providers::fake::Fakes;
 use crate::run::{run_with, Outcome, RunOptions};
 
+mod control;
 mod safety;
 
 const INVENTORY: &str = r#"

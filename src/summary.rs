@@ -22,16 +22,22 @@ pub struct Summary<'a> {
     pub elapsed: Duration,
     pub journal: Option<&'a Path>,
     pub outcome: crate::outcome::Outcome,
+    /// `user@host` of a `rollscript abort`.
+    pub aborted_by: Option<&'a str>,
 }
 
 impl Summary<'_> {
     pub fn render(&self) -> String {
+        let meaning = match self.aborted_by {
+            Some(by) => format!("aborted by {by}"),
+            None => self.outcome.meaning().to_string(),
+        };
         render(
             self.entries,
             self.elapsed,
             self.journal,
             self.outcome.exit_code(),
-            self.outcome.meaning(),
+            &meaning,
         )
     }
 
@@ -65,6 +71,7 @@ impl Summary<'_> {
             "elapsed_ms": ms(self.elapsed),
             "lb_wait_ms": ms(lb_wait),
             "journal": self.journal.map(|p| p.display().to_string()),
+            "aborted_by": self.aborted_by,
             "instances": instances,
         })
     }

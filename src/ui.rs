@@ -221,11 +221,12 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// `estimate`: the plan's typical duration, for the ETA before any instance finished.
     /// `estimate`: the plan's typical duration, for the ETA before (and
-    /// blended with) what the run so far shows.
+    /// blended with) what the run so far shows. `status`: what the operator
+    /// said (`paused by ops@laptop since 15:04:05`), shown instead of the ETA.
     pub fn start(
         ledger: Arc<dyn Fn() -> crate::ledger::Snapshot + Send + Sync>,
+        status: Arc<dyn Fn() -> Option<String> + Send + Sync>,
         total: usize,
         estimate: Option<Duration>,
     ) -> Self {
@@ -252,7 +253,7 @@ impl Progress {
                 let eta = eta(started.elapsed(), done, total, estimate)
                     .map(|d| format!("ETA {}", format_duration(Duration::from_secs(d.as_secs()))))
                     .unwrap_or_default();
-                overall.set_message(eta);
+                overall.set_message(status().unwrap_or(eta));
                 let active: Vec<String> = snap
                     .iter()
                     .filter_map(|(n, e)| {

@@ -59,6 +59,7 @@ impl Effects {
         timeout: Duration,
     ) -> ActionResult<ExecOutput> {
         let text = transport.describe(inst, cmd);
+        self.plan_safe_point();
         if self.record(
             text.clone(),
             Estimate::new(TYPICAL_COMMAND.min(timeout), timeout),
@@ -75,6 +76,7 @@ impl Effects {
         } else {
             ("ssh", Some(inst))
         };
+        self.safe_point(op, target).await?;
         let checked = async {
             let out = transport.exec(inst, cmd, timeout).await?;
             if opts.check && out.status != 0 {

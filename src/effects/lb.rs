@@ -21,12 +21,16 @@ impl Effects {
         let lb = &self.providers.lb;
         let text = lb.describe(LbOp::Deregister, inst);
         if self.is_dry_run() {
+            self.plan_safe_point();
             self.plan_capacity(inst)?;
             self.record(text, Estimate::default());
             self.ledger
                 .finish(&inst.name, "deregister", Duration::ZERO, None);
             return Ok(());
         }
+        // A pause holds here (before the capacity guard: a held run keeps
+        // no critical section); an abort refuses instances not yet updated.
+        self.safe_point("deregister", Some(inst)).await?;
         // Held until the deregister is sent: check and act are one step.
         let _section = self.take_capacity(inst).await?;
         info!(instance = %inst.name, step = "deregister", "{text}");
@@ -227,12 +231,14 @@ impl Effects {
             lb.describe_switch(pool),
             format_duration(bound)
         );
+        self.plan_safe_point();
         if self.record(
             text.clone(),
             Estimate::new(TYPICAL_REGISTER.min(bound), bound),
         ) {
             return Ok(());
         }
+        self.safe_point("switch_pool", None).await?;
         info!(step = "switch", "{text}");
         self.act("switch_pool", None, &text, lb.switch_pool(pool))
             .await

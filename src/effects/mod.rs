@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 mod capacity;
+pub mod control;
 mod exec;
 mod health;
 mod lb;
@@ -82,6 +83,8 @@ pub struct Effects {
     compensating: std::sync::atomic::AtomicUsize,
     /// A signal came while compensating: the run stops once it is done.
     stop_after_compensation: std::sync::atomic::AtomicBool,
+    /// What `rollscript pause|resume|abort|promote` said (see [`control`]).
+    control: control::RunControl,
     /// Connections being opened ahead ([`Effects::connect_ahead`]): awaited
     /// before the transport closes.
     warming: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -123,6 +126,7 @@ impl Effects {
             include_parked: Default::default(),
             compensating: Default::default(),
             stop_after_compensation: Default::default(),
+            control: Default::default(),
             warming: Default::default(),
         }
     }

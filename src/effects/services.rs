@@ -18,11 +18,8 @@ impl Effects {
             return Ok(());
         }
         info!(step = "sleep", "waiting {}", format_duration(d));
-        self.cancellable(async {
-            tokio::time::sleep(d).await;
-            Ok(())
-        })
-        .await
+        // `rollscript abort` ends a wait at once, as Ctrl-C does.
+        self.cancellable(self.abortable_sleep(d)).await
     }
 
     /// Takes the migration lock (a PostgreSQL advisory lock); `Ok(None)` in a dry run.

@@ -13,10 +13,12 @@ impl Effects {
     pub async fn set_weight(&self, inst: &Instance, weight: u32) -> ActionResult<()> {
         let lb = &self.providers.lb;
         let op = LbOp::SetWeight(weight);
+        self.plan_safe_point();
         if self.record(lb.describe(op, inst), Estimate::default()) {
             return Ok(());
         }
         let text = lb.describe(op, inst);
+        self.safe_point("set_weight", Some(inst)).await?;
         info!(instance = %inst.name, step = "set_weight", "{text}");
         if lb.supports_weights() {
             self.weighted.lock().unwrap().insert(inst.name.clone());
@@ -107,9 +109,11 @@ impl Effects {
             .lock()
             .unwrap()
             .extend(changes.iter().map(|(i, _)| i.name.clone()));
+        self.plan_safe_point();
         if self.record(text.clone(), Estimate::default()) {
             return Ok(got);
         }
+        self.safe_point("shift_traffic", None).await?;
         info!(step = "shift_traffic", "{text}");
         self.act("shift_traffic", None, &text, lb.set_weights(&changes))
             .await?;

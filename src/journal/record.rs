@@ -89,6 +89,16 @@ pub enum Record {
         #[serde(default)]
         failed: Vec<String>,
     },
+    /// An operator's say in the run: `pause`, `resume`, `abort`, `promote`
+    /// (from `rollscript …`, any machine) or the answer to an `approval`.
+    Control {
+        at: String,
+        command: String,
+        /// `user@host`.
+        by: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
+    },
 }
 
 /// An instance as a run knew it (discovered ones are in no inventory file).

@@ -175,7 +175,7 @@ pub fn summarise(records: &[Record]) -> Summary {
                 // them on purpose.
                 s.weights_changed = false;
             }
-            Record::Result { .. } | Record::Answer { .. } => {}
+            Record::Result { .. } | Record::Answer { .. } | Record::Control { .. } => {}
         }
     }
     s.touched = out

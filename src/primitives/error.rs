@@ -31,6 +31,8 @@ pub enum ErrorKind {
     GateFailed,
     /// Ctrl-C, SIGTERM, or the operator said no.
     Cancelled,
+    /// `rollscript abort` (from any machine): the run stops like a failed gate.
+    Aborted,
     /// The script passed a bad argument (unknown instance, bad duration, …).
     InvalidArgument,
     /// Another run holds a lock this step needs (the migration lock).
@@ -58,6 +60,7 @@ impl ErrorKind {
             Self::Capacity => "capacity",
             Self::GateFailed => "gate_failed",
             Self::Cancelled => "cancelled",
+            Self::Aborted => "aborted",
             Self::InvalidArgument => "invalid_argument",
             Self::Locked => "locked",
             Self::Script => "script",
@@ -79,7 +82,7 @@ impl ErrorKind {
         )
     }
 
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 20] = [
         Self::CommandFailed,
         Self::Timeout,
         Self::ConnectionRefused,
@@ -96,6 +99,7 @@ impl ErrorKind {
         Self::Capacity,
         Self::GateFailed,
         Self::Cancelled,
+        Self::Aborted,
         Self::InvalidArgument,
         Self::Locked,
         Self::Script,

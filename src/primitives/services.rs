@@ -44,6 +44,15 @@ pub trait Operator: Send + Sync {
     /// Asks `question`; the answer line, trimmed and lower-case (`--step`
     /// also takes answers piped in), or `None` at the end of the input.
     fn ask(&self, question: &str) -> Option<String>;
+    /// [`Operator::ask`] that gives up (`None`) once `stop` says so: an
+    /// `approval` the control channel answered first. Checked at least
+    /// every 200 ms.
+    fn ask_until(&self, question: &str, stop: &(dyn Fn() -> bool + Send + Sync)) -> Option<String> {
+        if stop() {
+            return None;
+        }
+        self.ask(question)
+    }
 }
 
 #[async_trait]

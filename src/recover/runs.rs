@@ -180,6 +180,19 @@ pub fn show_run(inventory: &Path, id: &str) -> Result<String, String> {
                     writeln!(out, "  left out of service: {}", left_out.join(", ")).unwrap();
                 }
             }
+            Record::Control {
+                at,
+                command,
+                by,
+                detail,
+            } => {
+                let detail = if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                };
+                writeln!(out, "      {}  {command} by {by}{detail}", time_of(at)).unwrap();
+            }
         }
     }
     let s = journal::summarise(&records);

@@ -6,8 +6,11 @@
 //!
 //! Beside it: `session.rs` (the deploy lock, the parked survey and the
 //! journal), `settle.rs` (compensation, weights, the run's end and summary),
-//! `signals.rs` (Ctrl-C, SIGTERM, SIGHUP), `offline.rs` (`check`, `api`).
+//! `signals.rs` (Ctrl-C, SIGTERM, SIGHUP), `control.rs` (`rollscript
+//! pause|resume|abort|promote`, read from the state backend), `offline.rs`
+//! (`check`, `api`).
 
+mod control;
 mod offline;
 mod session;
 mod settle;
@@ -250,6 +253,8 @@ fn prepare(
 pub(crate) struct Executed {
     pub result: Result<rhai::Dynamic, Diagnostic>,
     pub signals: tokio::task::JoinHandle<()>,
+    /// The control channel's poller (pause, resume, abort, promote).
+    pub control: Option<tokio::task::JoinHandle<()>>,
     pub progress: Option<crate::ui::Progress>,
 }
 
@@ -257,6 +262,14 @@ pub(crate) struct Executed {
 /// signal watcher and, on a terminal, the progress bars.
 async fn execute(opts: &RunOptions, run: &Prepared) -> Executed {
     let signals = tokio::spawn(signals::watch(run.effects.clone()));
+    let control = match (&run.backend, run.effects.journal()) {
+        (Some(b), Some(j)) => Some(tokio::spawn(control::watch(
+            b.control(),
+            j.run.clone(),
+            run.effects.clone(),
+        ))),
+        _ => None,
+    };
     info!(
         script = %opts.script.display(),
         inventory = %opts.inventory.display(),
@@ -267,9 +280,10 @@ async fn execute(opts: &RunOptions, run: &Prepared) -> Executed {
     );
     let progress = if crate::ui::has_progress() {
         let estimate = estimate(opts, &run.inventory).await;
-        let e = run.effects.clone();
+        let (e, e2) = (run.effects.clone(), run.effects.clone());
         Some(crate::ui::Progress::start(
             Arc::new(move || e.ledger.snapshot()),
+            Arc::new(move || e2.control().status()),
             run.ctx.instance_count(),
             estimate,
         ))
@@ -283,6 +297,7 @@ async fn execute(opts: &RunOptions, run: &Prepared) -> Executed {
     Executed {
         result,
         signals,
+        control,
         progress,
     }
 }

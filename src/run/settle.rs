@@ -21,8 +21,13 @@ pub(crate) async fn settle(run: &Prepared, session: &Session, executed: Executed
     let Executed {
         result,
         signals,
+        control,
         progress,
     } = executed;
+    // What the operator says from here on is not for this run: it settles.
+    if let Some(c) = control {
+        c.abort();
+    }
     let mut outcome = match &result {
         Ok(_) => Outcome::Success,
         Err(d) => {
@@ -40,6 +45,14 @@ pub(crate) async fn settle(run: &Prepared, session: &Session, executed: Executed
     };
     if let Some(why) = session::stopped(run, session) {
         outcome = session::stopped_outcome(&why);
+    }
+    // `rollscript abort` fails the run, whatever the script made of it (a
+    // script may catch the error and end "successfully" after its rollback).
+    if let Some(by) = effects.control().aborted_by() {
+        if outcome != Outcome::Interrupted {
+            error!("the run was aborted by {by}");
+            outcome = Outcome::Failed;
+        }
     }
     // Registered without a wait: back if the LB says so.
     effects.renew_cancel();
@@ -127,12 +140,14 @@ pub(crate) fn report(
     let journal_path = effects.journal().map(|j| j.path.clone());
     let run_id = effects.journal().map(|j| j.run.clone()).unwrap_or_default();
     let elapsed = started.elapsed();
+    let aborted_by = effects.control().aborted_by();
     let data = summary::Summary {
         run: &run_id,
         entries: &snapshot,
         elapsed,
         journal: journal_path.as_deref(),
         outcome,
+        aborted_by: aborted_by.as_deref(),
     };
     crate::ui::summary(&data.render(), &data.json());
     if opts.summary == SummaryFormat::Json {

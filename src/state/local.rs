@@ -83,6 +83,10 @@ impl StateBackend for LocalState {
     fn remote_runs(&self) -> Result<Vec<StoredRun>, StateError> {
         Ok(Vec::new())
     }
+
+    fn control(&self) -> Arc<dyn super::control::ControlChannel> {
+        Arc::new(super::control::LocalControl::new(&self.dir))
+    }
 }
 
 struct LocalLock(DeployLock);

@@ -29,10 +29,14 @@
 //!   is written there as well as locally, before the effect. Runs, `recover`
 //!   and `unlock` work from any machine with the same inventory and URL.
 //!
+//! Both keep each run's control requests (`pause`, `resume`, `abort`,
+//! `promote`) where its lock is: see [`control`].
+//!
 //! `ROLLSCRIPT_HOSTNAME` overrides the host name recorded in locks and
 //! journals (tests play "another machine" with it; operators whose CI
 //! containers share one name can set it per runner).
 
+pub mod control;
 pub mod local;
 pub mod postgres;
 
@@ -243,6 +247,9 @@ pub trait StateBackend: Send + Sync {
     fn mirror(&self) -> Option<Arc<dyn JournalMirror>>;
     /// Runs stored outside this machine, of this identity.
     fn remote_runs(&self) -> Result<Vec<StoredRun>, StateError>;
+    /// Where `pause`, `resume`, `abort` and `promote` reach this identity's
+    /// runs (see [`control`]).
+    fn control(&self) -> Arc<dyn control::ControlChannel>;
 }
 
 /// The backend `[state]` names for `inv`. PostgreSQL is connected to now:

@@ -7,6 +7,7 @@ mod ahead;
 mod aws;
 mod aws_rolling;
 mod cli;
+mod control;
 mod corpus;
 mod customising;
 mod faults;

@@ -1,6 +1,7 @@
 //! Script functions, one module per family. Each has a single `register`
 //! entry point; bindings only convert arguments and call the Rust API.
 
+mod control;
 mod core;
 mod flow;
 mod health;
@@ -15,6 +16,7 @@ use super::context::ScriptContext;
 
 pub fn register_all(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     core::register(engine, ctx);
+    control::register(engine, ctx);
     flow::register(engine, ctx);
     flow::register_gates(engine, ctx);
     lb::register(engine, ctx);

@@ -27,7 +27,8 @@
 //!
 //! `rollscript_journal` holds every record line of every run, keyed by
 //! fingerprint, run and line number, written (and acknowledged) before the
-//! effect it announces.
+//! effect it announces. `rollscript_control` holds the requests of
+//! `pause`, `resume`, `abort` and `promote` (see [`super::control`]).
 //!
 //! # Connection
 //!
@@ -96,6 +97,9 @@ impl PgState {
                     .await
                     .map_err(|e| pg_text(&e))?;
                 tx.batch_execute(SCHEMA).await.map_err(|e| pg_text(&e))?;
+                tx.batch_execute(super::control::PG_SCHEMA)
+                    .await
+                    .map_err(|e| pg_text(&e))?;
                 tx.commit().await.map_err(|e| pg_text(&e))?;
                 Ok(client)
             };
@@ -451,5 +455,28 @@ impl StateBackend for PgState {
             }
         }
         Ok(runs)
+    }
+
+    fn control(&self) -> Arc<dyn super::control::ControlChannel> {
+        let db = self.db.clone();
+        let query: super::control::PgQuery = Arc::new(move |sql, params, timeout| {
+            let client = db.client.clone();
+            db.call(timeout, async move {
+                let c = client.lock().await;
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                c.query(sql, &refs)
+                    .await
+                    .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+                    .map_err(|e| pg_text(&e))
+            })
+        });
+        Arc::new(super::control::PgControl {
+            query,
+            identity: self.key(),
+            shown: self.db.shown.clone(),
+        })
     }
 }
