@@ -13,6 +13,8 @@ use crate::primitives::{ActionResult, DrainReport, LbOp, MemberState, MemberStat
 
 impl Effects {
     // ---- load balancer ------------------------------------------------------
+    //
+    // How a finished drain is told (log line, journal, summary): drain.rs.
 
     pub async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
         if self.skip_parked(inst, "deregister") {
@@ -72,21 +74,7 @@ impl Effects {
             }
         };
         let report = self.act("wait_drained", Some(inst), &text, wait).await?;
-        let saved = report
-            .configured_delay
-            .map(|d| d.saturating_sub(report.waited))
-            .filter(|d| !d.is_zero());
-        match saved {
-            Some(saved) => info!(
-                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
-                "{} drained in {} ({} sooner than the LB's fixed delay)",
-                inst.name, format_duration(report.waited), format_duration(saved)
-            ),
-            None => info!(
-                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
-                "{} drained in {}", inst.name, format_duration(report.waited)
-            ),
-        }
+        self.drained(inst, &report);
         Ok(report)
     }
 

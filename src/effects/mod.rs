@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 mod capacity;
+mod drain;
 mod exec;
 mod health;
 mod lb;
@@ -22,6 +23,7 @@ mod survey;
 mod weights;
 
 pub use capacity::{decide, CapacityGuard, Decision};
+pub use drain::{saved as drain_saved, sentence as drain_sentence};
 pub use weights::weights_for_share;
 
 use crate::config::{format_duration, Instance, Inventory};

@@ -175,7 +175,7 @@ pub fn summarise(records: &[Record]) -> Summary {
                 // them on purpose.
                 s.weights_changed = false;
             }
-            Record::Result { .. } => {}
+            Record::Result { .. } | Record::Drained { .. } => {}
         }
     }
     s.touched = out

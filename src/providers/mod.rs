@@ -39,7 +39,9 @@ pub fn build(inv: &Arc<Inventory>) -> Providers {
             Arc::new(nginx::NginxLb::new(inv.clone(), ssh.clone(), local.clone()))
         }
         #[cfg(feature = "aws")]
-        LbBackend::Aws { .. } => Arc::new(aws::ElbV2::new(inv.clone())),
+        LbBackend::Aws { .. } => {
+            Arc::new(aws::ElbV2::new(inv.clone()).with_host_counts(ssh.clone()))
+        }
         #[cfg(not(feature = "aws"))]
         LbBackend::Aws { .. } => {
             unreachable!("config refuses lb.kind = \"aws\" without the `aws` feature")

@@ -8,6 +8,7 @@ mod aws_rolling;
 mod cli;
 mod corpus;
 mod customising;
+mod drain;
 mod faults;
 mod gates;
 mod haproxy;

@@ -25,7 +25,7 @@ Example: `deregister(inst); wait_drained(inst);`",
     func(
         "wait_drained",
         &["inst: Map", "Map"],
-        "Waits until the load balancer reports no open connections to `inst` (HAProxy `scur` and queue 0, then maint; nginx's old workers gone; ELBv2 `unused`), bounded by `lb.drain_timeout` (kind `drain_timeout`). Returns `#{waited, connections_at_start}`.
+        "Waits until the load balancer reports no open connections to `inst` (HAProxy `scur` and queue 0, then maint; nginx's old workers gone; ELBv2 `unused`, or with `lb.drain_detect = \"auto\"` `draining` with no connection to the target's port on the instance for `lb.drain_settle`), bounded by `lb.drain_timeout` (kind `drain_timeout`). Returns `#{waited, connections_at_start, ended_by}` (`ended_by`: `\"lb\"` or `\"host\"`).
 Example: `let d = wait_drained(inst); info(`drained in ${d.waited}s`);`",
     )
     .register_into_engine(engine, move |inst: Dynamic| -> RhaiResult<Map> {

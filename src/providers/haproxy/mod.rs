@@ -190,6 +190,7 @@ impl LoadBalancer for HaproxyLb {
             waited: started.elapsed(),
             connections_at_start: at_start,
             configured_delay: None,
+            ..Default::default()
         })
     }
 

@@ -224,6 +224,7 @@ impl LoadBalancer for NginxLb {
                 waited: started.elapsed(),
                 connections_at_start: None,
                 configured_delay: None,
+                ..Default::default()
             }),
             Err(still) => {
                 // Kept, so a retry waits for the same workers.
