@@ -2,6 +2,7 @@
 //! and how much of the LB's fixed delay that saved, a `drained` journal
 //! record with the same facts, and the ledger entry the summary reads.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tracing::info;
@@ -52,7 +53,54 @@ pub fn sentence(name: &str, r: &DrainReport, settle: Duration) -> String {
     s
 }
 
+/// The drains of the last run of an inventory that recorded any: what a
+/// plan assumes a drain takes, instead of the LB's fixed delay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasuredDrain {
+    /// The median drain.
+    pub typical: Duration,
+    pub drains: usize,
+    /// The run they come from.
+    pub run: String,
+}
+
+/// Reads the local journals beside `inventory`, newest first, for the
+/// first run with `drained` records.
+pub fn measured_drains(inventory: &Path) -> Option<MeasuredDrain> {
+    for file in crate::journal::list(inventory).iter().rev() {
+        let Ok(records) = crate::journal::read(file) else {
+            continue;
+        };
+        let mut waited: Vec<u64> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Drained { waited_ms, .. } => Some(*waited_ms),
+                _ => None,
+            })
+            .collect();
+        if waited.is_empty() {
+            continue;
+        }
+        waited.sort_unstable();
+        return Some(MeasuredDrain {
+            typical: Duration::from_millis(waited[waited.len() / 2]),
+            drains: waited.len(),
+            run: crate::journal::run_id_of(file),
+        });
+    }
+    None
+}
+
 impl Effects {
+    /// A plan's drains take this (measured by an earlier run) typically.
+    pub fn set_measured_drain(&self, m: MeasuredDrain) {
+        let _ = self.measured_drain.set(m);
+    }
+
+    pub fn measured_drain(&self) -> Option<&MeasuredDrain> {
+        self.measured_drain.get()
+    }
+
     /// Logs, journals and books a finished drain.
     pub(super) fn drained(&self, inst: &Instance, r: &DrainReport) {
         let settle = self.inventory.lb.drain_settle;
@@ -79,6 +127,40 @@ impl Effects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_takes_the_median_drain_of_the_last_run_that_recorded_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = dir.path().join("rollscript.toml");
+        assert_eq!(measured_drains(&inv), None);
+        let runs = crate::journal::runs_dir(&inv);
+        std::fs::create_dir_all(&runs).unwrap();
+        let drained = |ms: u64| {
+            serde_json::to_string(&Record::Drained {
+                at: now(),
+                instance: "web-1".into(),
+                ended_by: "host".into(),
+                waited_ms: ms,
+                deregistration_delay_ms: Some(120_000),
+                saved_ms: None,
+            })
+            .unwrap()
+        };
+        let write = |name: &str, lines: &[String]| {
+            std::fs::write(runs.join(name), lines.join("\n") + "\n").unwrap()
+        };
+        write("20261201-100000-aaaa.jsonl", &[drained(9000)]);
+        write(
+            "20261202-100000-bbbb.jsonl",
+            &[drained(1500), drained(1200), drained(4000)],
+        );
+        // A later run that drained nothing (a plan-only script, a failure).
+        write("20261202-110000-cccc.jsonl", &[]);
+        let m = measured_drains(&inv).unwrap();
+        assert_eq!(m.typical, Duration::from_millis(1500));
+        assert_eq!(m.drains, 3);
+        assert_eq!(m.run, "20261202-100000-bbbb");
+    }
 
     fn report(waited_ms: u64, delay_s: Option<u64>, ended_by: DrainSignal) -> DrainReport {
         DrainReport {

@@ -43,9 +43,12 @@ impl Effects {
         let lb = &self.providers.lb;
         let timeout = self.inventory.lb.drain_timeout;
         let op = LbOp::WaitDrained { timeout };
+        let typical = self
+            .measured_drain()
+            .map_or_else(|| lb.typical_drain(), |m| m.typical);
         if self.record(
             lb.describe(op, inst),
-            Estimate::new(lb.typical_drain().min(timeout), timeout),
+            Estimate::new(typical.min(timeout), timeout),
         ) {
             return Ok(DrainReport::default());
         }

@@ -23,7 +23,7 @@ mod survey;
 mod weights;
 
 pub use capacity::{decide, CapacityGuard, Decision};
-pub use drain::{saved as drain_saved, sentence as drain_sentence};
+pub use drain::{measured_drains, saved as drain_saved, sentence as drain_sentence, MeasuredDrain};
 pub use weights::weights_for_share;
 
 use crate::config::{format_duration, Instance, Inventory};
@@ -83,6 +83,8 @@ pub struct Effects {
     compensating: std::sync::atomic::AtomicUsize,
     /// A signal came while compensating: the run stops once it is done.
     stop_after_compensation: std::sync::atomic::AtomicBool,
+    /// Plans: the drains an earlier run measured (see `drain.rs`).
+    measured_drain: std::sync::OnceLock<MeasuredDrain>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +123,7 @@ impl Effects {
             include_parked: Default::default(),
             compensating: Default::default(),
             stop_after_compensation: Default::default(),
+            measured_drain: Default::default(),
         }
     }
 

@@ -34,7 +34,9 @@ pub fn build(inv: &Arc<Inventory>) -> Providers {
     let local: Arc<dyn Transport> = Arc::new(local::LocalTransport);
     let lb: Arc<dyn LoadBalancer> = match &inv.lb.backend {
         LbBackend::None => Arc::new(none::NoLoadBalancer),
-        LbBackend::Haproxy { .. } => Arc::new(haproxy::HaproxyLb::new(inv.clone())),
+        LbBackend::Haproxy { .. } => {
+            Arc::new(haproxy::HaproxyLb::new(inv.clone()).with_host_counts(ssh.clone()))
+        }
         LbBackend::Nginx { .. } => {
             Arc::new(nginx::NginxLb::new(inv.clone(), ssh.clone(), local.clone()))
         }

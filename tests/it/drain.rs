@@ -201,8 +201,23 @@ impl AlbFleet {
     }
 
     fn context(&self, run: &Finished) -> String {
+        // Every connection on the instances' ports now: what a drain saw.
+        let ss: String = self
+            .fleet
+            .instances
+            .iter()
+            .map(|i| {
+                let out = std::process::Command::new("ss")
+                    .args(["-Htnp", "state", "established"])
+                    .arg(format!("( sport = :{} )", i.port))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_else(|e| e.to_string());
+                format!("{} ({}):\n{out}", i.name, i.addr())
+            })
+            .collect();
         format!(
-            "{}\njournal:\n{}\nmoto:\n{}",
+            "{}\njournal:\n{}\nmoto:\n{}\nconnections now:\n{ss}",
             run.dump(),
             self.fleet.journal().dump(),
             self.cloud.moto.stderr()

@@ -555,8 +555,15 @@ impl LoadBalancer for ElbV2 {
         }
     }
 
+    /// With host counts: the settle time after a first poll; without, one
+    /// poll interval (the deregistration delay cannot be read offline).
     fn typical_drain(&self) -> Duration {
-        self.poll_interval()
+        match (self.inv.lb.drain_detect, &self.ssh) {
+            (DrainDetect::Auto, Some(_)) => {
+                self.inv.lb.drain_settle + FIRST_POLL.min(self.poll_interval())
+            }
+            _ => self.poll_interval(),
+        }
     }
 }
 
