@@ -5,7 +5,10 @@
 //!
 //! The count is every connection in state ESTABLISHED whose local port is the
 //! traffic port (`ss -Htn state established '( sport = :PORT )'`), on any
-//! local address. Nothing is excluded by address, because the rule that
+//! address when the app listens on a wildcard address, else on the
+//! instance's own address (`host`): another listener on the same port
+//! number at another address is not the app's. When nothing listens on the
+//! port at a wildcard or the instance's address, there is no count. Nothing is excluded by address, because the rule that
 //! keeps the deploy machine out of the count is that rollscript holds no
 //! connection to the port during a drain: its health probes open a fresh
 //! connection each and keep none idle (`providers::http`), and a drain runs
@@ -27,7 +30,7 @@
 use std::time::Duration;
 
 use crate::config::Instance;
-use crate::primitives::{ActionError, ActionResult, Cmd, ErrorKind, Transport};
+use crate::primitives::{sh_quote, ActionError, ActionResult, Cmd, ErrorKind, Transport};
 
 /// Counts at or above this are reported as this (the exit status is a byte).
 pub const COUNT_CAP: u32 = 99;
@@ -55,15 +58,34 @@ pub enum HostConns {
     NoListener,
 }
 
-/// The shell line that counts established connections to `port` and exits
-/// with the count (see the module doc for the statuses).
-pub fn count_command(port: u16) -> Cmd {
+/// awk over the listeners, a `--` line, then the established connections,
+/// with `me` the instance's `address:port`: counts the connections to the
+/// app's listener — every one on the port when it listens on a wildcard
+/// address, else those to `me` — and prints `none` when no listener is the
+/// app's (on `me` or a wildcard).
+const SAME_LISTENER: &str = "m == 0 && $0 == \"--\" { m = 1; next } \
+    m == 0 && NF >= 4 { if ($4 ~ /^(0\\.0\\.0\\.0|\\*|\\[::\\]):/) any = 1; else if ($4 == me) mine = 1; next } \
+    m == 1 && NF >= 3 && (any || $3 == me) { c++ } \
+    END { if (!any && !mine) print \"none\"; else print c + 0 }";
+
+/// The shell line that counts established connections to `port` of the
+/// instance at `host` and exits with the count (see the module doc for the
+/// statuses).
+pub fn count_command(host: &str, port: u16) -> Cmd {
+    // How ss shows a local address: `10.0.1.10:4000`, `[fd00::1]:4000`.
+    let me = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     Cmd::Shell(format!(
         "command -v ss >/dev/null 2>&1 || exit {NO_SS}; \
          l=$(ss -Htln '( sport = :{port} )') || exit {SS_FAILED}; [ -n \"$l\" ] || exit {NO_LISTENER}; \
          out=$(ss -Htn state established '( sport = :{port} )') || exit {SS_FAILED}; \
-         n=$(printf '%s\\n' \"$out\" | grep -c .); \
-         [ \"$n\" -lt {COUNT_CAP} ] || n={COUNT_CAP}; exit \"$n\""
+         n=$({{ printf '%s\\n' \"$l\"; echo --; printf '%s\\n' \"$out\"; }} | awk -v me={} '{SAME_LISTENER}') || exit {SS_FAILED}; \
+         [ \"$n\" != none ] || exit {NO_LISTENER}; \
+         [ \"$n\" -lt {COUNT_CAP} ] || n={COUNT_CAP}; exit \"$n\"",
+        sh_quote(&me)
     ))
 }
 
@@ -90,7 +112,7 @@ pub fn read_count(
             ),
         )
         .host(&inst.name)
-        .command(count_command(port).to_shell())
+        .command(count_command(&inst.host, port).to_shell())
         .status(other)
         .stderr_tail(stderr)),
     }
@@ -102,7 +124,9 @@ pub async fn established(
     inst: &Instance,
     port: u16,
 ) -> ActionResult<HostConns> {
-    let out = ssh.exec(inst, &count_command(port), COUNT_TIMEOUT).await?;
+    let out = ssh
+        .exec(inst, &count_command(&inst.host, port), COUNT_TIMEOUT)
+        .await?;
     read_count(inst, port, out.status, &out.stderr)
 }
 
@@ -137,7 +161,7 @@ mod tests {
         }
         // Only the stub's folder and the basic tools: no real `ss`.
         let path = format!("{}:/usr/bin:/bin", dir.path().display());
-        let line = count_command(4000).to_shell();
+        let line = count_command("127.0.1.2", 4000).to_shell();
         let line = if stub.is_none() {
             // /usr/bin and /bin hold the real ss on this machine: hide it.
             line.replace("command -v ss", "command -v ss-not-installed")
@@ -164,7 +188,7 @@ mod tests {
         assert_eq!(run_with_stub_ss(Some(&with_listener("true"))), 0);
         assert_eq!(
             run_with_stub_ss(Some(&with_listener(
-                "i=0; while [ $i -lt 150 ]; do echo x; i=$((i+1)); done"
+                "i=0; while [ $i -lt 150 ]; do echo \"0 0 127.0.1.2:4000 127.0.0.1:$i\"; i=$((i+1)); done"
             ))),
             99
         );
@@ -172,6 +196,15 @@ mod tests {
             run_with_stub_ss(Some(&with_listener("echo 'bad filter' >&2; exit 1"))),
             121
         );
+        // A listener on one address: connections to other addresses on the
+        // same port (another app, another "host" of a loopback fleet) are not counted.
+        let one_address = "case \"$*\" in *-Htln*) echo 'LISTEN 0 128 127.0.1.2:4000 0.0.0.0:*'; exit 0;; esac\n\
+            printf '0 0 127.0.1.2:4000 127.0.0.1:51000\\n0 0 127.0.1.9:4000 127.0.0.1:51002\\n0 0 127.0.1.2:4000 127.0.0.1:51004\\n'";
+        assert_eq!(run_with_stub_ss(Some(one_address)), 2);
+        // Listening only at another address: not this instance's app.
+        let elsewhere =
+            one_address.replace("LISTEN 0 128 127.0.1.2:4000", "LISTEN 0 128 127.0.1.9:4000");
+        assert_eq!(run_with_stub_ss(Some(&elsewhere)), 122);
         // Nothing listening: no count, whatever ss would say of established ones.
         let deaf = format!("case \"$*\" in *-Htln*) exit 0;; esac\n{two}");
         assert_eq!(run_with_stub_ss(Some(&deaf)), 122);
@@ -185,7 +218,7 @@ mod tests {
         }
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let line = |p| count_command(p).to_shell();
+        let line = |p| count_command("127.0.0.1", p).to_shell();
         let count = |p| {
             Command::new("/bin/sh")
                 .arg("-c")
