@@ -41,6 +41,8 @@ pub struct Entry {
     pub step_started: Option<Instant>,
     /// A live detail of the current step ("3 connections"), for progress.
     pub detail: Option<String>,
+    /// The last drain: how long, what ended it, the LB's fixed delay.
+    pub drain: Option<crate::primitives::DrainReport>,
 }
 
 /// The ledger at one instant, in inventory order.
@@ -321,6 +323,12 @@ impl Ledger {
             .unwrap()
             .get(inst)
             .is_some_and(|e| e.updated)
+    }
+
+    pub fn set_drain(&self, inst: &str, report: crate::primitives::DrainReport) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(inst) {
+            e.drain = Some(report);
+        }
     }
 
     pub fn set_detail(&self, inst: &str, detail: String) {

@@ -58,6 +58,12 @@ impl Summary<'_> {
                     "error": e.error,
                     "compensation": e.compensation,
                     "parked": e.parked,
+                    "drain": e.drain.as_ref().map(|d| serde_json::json!({
+                        "ended_by": d.ended_by.as_str(),
+                        "waited_ms": ms(d.waited),
+                        "deregistration_delay_ms": d.configured_delay.map(ms),
+                        "saved_ms": crate::effects::drain_saved(d).map(ms),
+                    })),
                 })
             })
             .collect();
@@ -114,6 +120,7 @@ pub fn render(
         )
         .unwrap();
     }
+    write_drains(&mut out, entries);
     let lb_wait: Duration = entries.iter().map(|(_, e)| e.lb_wait).sum();
     let cycled = entries
         .iter()
@@ -143,6 +150,52 @@ pub fn render(
     }
     writeln!(out, "  exit {exit_code}: {meaning}").unwrap();
     out
+}
+
+/// One line per drain that had a fixed LB delay to beat or was ended by the
+/// host: `drain web-1: 1.2s, ended by the host's connections, 118.8s before
+/// the deregistration delay`; and the delay saved in all.
+fn write_drains(out: &mut String, entries: &[(String, Entry)]) {
+    let mut saved_total = Duration::ZERO;
+    let mut shown = 0;
+    for (name, e) in entries {
+        let Some(d) = &e.drain else { continue };
+        if d.configured_delay.is_none() && d.ended_by == crate::primitives::DrainSignal::Lb {
+            continue;
+        }
+        let by = match d.ended_by {
+            crate::primitives::DrainSignal::Host => "ended by the host's connections",
+            crate::primitives::DrainSignal::Lb => "ended by the load balancer",
+        };
+        let saved = crate::effects::drain_saved(d);
+        saved_total += saved.unwrap_or_default();
+        let vs = match (saved, d.configured_delay) {
+            (Some(s), Some(_)) => format!(
+                ", {} before the deregistration delay",
+                format_duration_short(s)
+            ),
+            (None, Some(delay)) => format!(
+                ", the whole deregistration delay ({})",
+                format_duration(delay)
+            ),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "  drain {name}: {}, {by}{vs}",
+            format_duration_short(d.waited)
+        )
+        .unwrap();
+        shown += 1;
+    }
+    if shown > 1 && !saved_total.is_zero() {
+        writeln!(
+            out,
+            "  drains ended {} before the deregistration delays in all",
+            format_duration_long(saved_total)
+        )
+        .unwrap();
+    }
 }
 
 fn format_duration_short(d: Duration) -> String {

@@ -4,6 +4,7 @@
 //! (`Duration`, [`CountOrPercent`], checked names and hosts), and every error
 //! names the file, the line and the key: `rollscript.toml:14: lb.drain_timeout: …`.
 
+mod drain;
 mod lbs;
 mod locate;
 mod raw;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use drain::{DrainDetect, DEFAULT_DRAIN_SETTLE};
 pub use validate::{valid_host, valid_name};
 pub use value::{format_duration, parse_duration, CountOrPercent};
 
@@ -123,6 +125,11 @@ pub struct LbSettings {
     /// `None` = the backend's own default (sub-second for HAProxy and nginx, 5 s for ELBv2).
     pub poll_interval: Option<Duration>,
     pub min_in_service: CountOrPercent,
+    /// `lb.drain_detect`: what ends a drain (see [`DrainDetect`]).
+    pub drain_detect: DrainDetect,
+    /// `lb.drain_settle`: how long the host must show no connection before
+    /// an on-host drain ends (default 1 s).
+    pub drain_settle: Duration,
     pub backend: LbBackend,
     /// Blue/green pools: pool name → the backend, upstream or target group serving it.
     pub pools: BTreeMap<String, PoolTarget>,

@@ -76,6 +76,8 @@ pub struct RawLb {
     pub register_timeout: Option<String>,
     pub poll_interval: Option<String>,
     pub min_in_service: Option<IntOrString>,
+    pub drain_detect: Option<String>,
+    pub drain_settle: Option<String>,
     // haproxy
     pub socket: Option<String>,
     pub backend: Option<String>,

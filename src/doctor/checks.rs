@@ -423,7 +423,12 @@ async fn health_on_host(
     };
     let limit = inv.ssh.command_timeout.min(Duration::from_secs(30));
     match p.ssh.exec(inst, &cmd, limit).await {
-        Err(e) => Check::fail(me, C, format!("{what}: ssh: {}", first_line(&e.message)), ""),
+        Err(e) => Check::fail(
+            me,
+            C,
+            format!("{what}: ssh: {}", first_line(&e.message)),
+            "",
+        ),
         Ok(o) => {
             let code = o.stdout.trim_end().rsplit('\n').next().unwrap_or("").trim();
             let ok = match how {

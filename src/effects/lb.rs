@@ -13,6 +13,8 @@ use crate::primitives::{ActionResult, DrainReport, ErrorKind, LbOp, MemberState,
 
 impl Effects {
     // ---- load balancer ------------------------------------------------------
+    //
+    // How a finished drain is told (log line, journal, summary): drain.rs.
 
     pub async fn deregister(&self, inst: &Instance) -> ActionResult<()> {
         if self.skip_parked(inst, "deregister") {
@@ -45,9 +47,12 @@ impl Effects {
         let lb = &self.providers.lb;
         let timeout = self.inventory.lb.drain_timeout;
         let op = LbOp::WaitDrained { timeout };
+        let typical = self
+            .measured_drain()
+            .map_or_else(|| lb.typical_drain(), |m| m.typical);
         if self.record(
             lb.describe(op, inst),
-            Estimate::new(lb.typical_drain().min(timeout), timeout),
+            Estimate::new(typical.min(timeout), timeout),
         ) {
             return Ok(DrainReport::default());
         }
@@ -91,27 +96,14 @@ impl Effects {
                         waited: timeout,
                         connections_at_start: None,
                         configured_delay: None,
+                        ended_by: Default::default(),
                     })
                 }
                 other => other,
             }
         };
         let report = self.act("wait_drained", Some(inst), &text, wait).await?;
-        let saved = report
-            .configured_delay
-            .map(|d| d.saturating_sub(report.waited))
-            .filter(|d| !d.is_zero());
-        match saved {
-            Some(saved) => info!(
-                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
-                "{} drained in {} ({} sooner than the LB's fixed delay)",
-                inst.name, format_duration(report.waited), format_duration(saved)
-            ),
-            None => info!(
-                instance = %inst.name, step = "drained", waited_ms = report.waited.as_millis() as u64,
-                "{} drained in {}", inst.name, format_duration(report.waited)
-            ),
-        }
+        self.drained(inst, &report);
         Ok(report)
     }
 

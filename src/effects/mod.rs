@@ -14,6 +14,7 @@ use tracing::warn;
 
 mod capacity;
 pub mod control;
+mod drain;
 mod exec;
 mod health;
 mod lb;
@@ -24,6 +25,7 @@ mod survey;
 mod weights;
 
 pub use capacity::{decide, CapacityGuard, Decision};
+pub use drain::{measured_drains, saved as drain_saved, sentence as drain_sentence, MeasuredDrain};
 pub use weights::weights_for_share;
 
 use crate::config::{format_duration, Instance, Inventory};
@@ -88,6 +90,8 @@ pub struct Effects {
     /// Connections being opened ahead ([`Effects::connect_ahead`]): awaited
     /// before the transport closes.
     warming: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Plans: the drains an earlier run measured (see `drain.rs`).
+    measured_drain: std::sync::OnceLock<MeasuredDrain>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +132,7 @@ impl Effects {
             stop_after_compensation: Default::default(),
             control: Default::default(),
             warming: Default::default(),
+            measured_drain: Default::default(),
         }
     }
 

@@ -232,6 +232,7 @@ pub fn drain_map(r: &DrainReport) -> Map {
             .map(|c| Dynamic::from(c as INT))
             .unwrap_or(Dynamic::UNIT),
     );
+    m.insert("ended_by".into(), r.ended_by.as_str().into());
     m
 }
 

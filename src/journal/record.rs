@@ -62,6 +62,19 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unknown_outcome: bool,
     },
+    /// How a drain ended (after its `wait_drained` result): which signal,
+    /// and how much of the LB's fixed delay it saved.
+    Drained {
+        at: String,
+        instance: String,
+        /// `lb` (the LB's own state) or `host` (no connection on the host).
+        ended_by: String,
+        waited_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deregistration_delay_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        saved_ms: Option<u64>,
+    },
     /// An instance's fate after a failure, interruption or `recover`.
     Compensation {
         at: String,

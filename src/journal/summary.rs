@@ -175,7 +175,10 @@ pub fn summarise(records: &[Record]) -> Summary {
                 // them on purpose.
                 s.weights_changed = false;
             }
-            Record::Result { .. } | Record::Answer { .. } | Record::Control { .. } => {}
+            Record::Result { .. }
+            | Record::Answer { .. }
+            | Record::Control { .. }
+            | Record::Drained { .. } => {}
         }
     }
     s.touched = out

@@ -161,6 +161,30 @@ pub struct DrainReport {
     pub connections_at_start: Option<u64>,
     /// The LB's own fixed delay (ELBv2 `deregistration_delay`), to report time saved.
     pub configured_delay: Option<Duration>,
+    /// Which signal ended it.
+    pub ended_by: DrainSignal,
+}
+
+/// What ended a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DrainSignal {
+    /// The load balancer's own state: ELBv2 `unused` or the target gone,
+    /// HAProxy `scur` 0, nginx's workers done with the server.
+    #[default]
+    Lb,
+    /// The LB had stopped sending (ELBv2 `draining`) and the instance itself
+    /// showed no established connection to its traffic port for `lb.drain_settle`.
+    Host,
+}
+
+impl DrainSignal {
+    /// `lb` or `host`: the journal's and the JSON summary's word.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Lb => "lb",
+            Self::Host => "host",
+        }
+    }
 }
 
 /// Load-balancer operations, for plan lines and journal records.

@@ -75,12 +75,16 @@ fn one_lb(
 ) -> Arc<dyn LoadBalancer> {
     match &inv.lb.backend {
         LbBackend::None => Arc::new(none::NoLoadBalancer),
-        LbBackend::Haproxy { .. } => Arc::new(haproxy::HaproxyLb::new(inv.clone())),
+        LbBackend::Haproxy { .. } => {
+            Arc::new(haproxy::HaproxyLb::new(inv.clone()).with_host_counts(ssh.clone()))
+        }
         LbBackend::Nginx { .. } => {
             Arc::new(nginx::NginxLb::new(inv.clone(), ssh.clone(), local.clone()))
         }
         #[cfg(feature = "aws")]
-        LbBackend::Aws { .. } => Arc::new(aws::ElbV2::new(inv.clone())),
+        LbBackend::Aws { .. } => {
+            Arc::new(aws::ElbV2::new(inv.clone()).with_host_counts(ssh.clone()))
+        }
         #[cfg(not(feature = "aws"))]
         LbBackend::Aws { .. } => {
             unreachable!("config refuses lb.kind = \"aws\" without the `aws` feature")

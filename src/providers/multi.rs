@@ -119,6 +119,12 @@ impl LoadBalancer for MultiLb {
                 .filter_map(|r| r.connections_at_start)
                 .reduce(|a, b| a + b),
             configured_delay: reports.iter().filter_map(|r| r.configured_delay).max(),
+            // What ended the drain that ended last.
+            ended_by: reports
+                .iter()
+                .max_by_key(|r| r.waited)
+                .map(|r| r.ended_by)
+                .unwrap_or_default(),
         })
     }
 

@@ -143,6 +143,24 @@ pub fn show_run(inventory: &Path, id: &str) -> Result<String, String> {
                     .unwrap();
                 }
             }
+            Record::Drained {
+                ended_by, saved_ms, ..
+            } => {
+                let by = if ended_by == "host" {
+                    "no connection left on the host"
+                } else {
+                    "the load balancer's own state"
+                };
+                match saved_ms {
+                    Some(ms) => writeln!(
+                        out,
+                        "      drained: {by}, {:.1}s before the deregistration delay",
+                        *ms as f64 / 1000.0
+                    ),
+                    None => writeln!(out, "      drained: {by}"),
+                }
+                .unwrap();
+            }
             Record::Compensation {
                 at,
                 instance,

@@ -214,6 +214,11 @@ fn prepare(
     if opts.step {
         effects.enable_step_mode();
     }
+    if opts.dry_run {
+        if let Some(m) = crate::effects::measured_drains(&opts.inventory) {
+            effects.set_measured_drain(m);
+        }
+    }
     let mut ctx = ScriptContext::new(
         effects.clone(),
         opts.vars.clone(),
@@ -317,7 +322,14 @@ async fn plan(opts: &RunOptions, run: &Prepared) -> Outcome {
         run.effects.lb_label(),
     );
     let rec = run.recorder.as_ref().expect("a plan records");
-    print!("{}", render(&header, rec, &assumptions(&run.inventory)));
+    print!(
+        "{}",
+        render(
+            &header,
+            rec,
+            &assumptions(&run.inventory, run.effects.measured_drain())
+        )
+    );
     run.effects.close().await;
     match result {
         Ok(_) => Outcome::Success,
@@ -335,6 +347,32 @@ async fn plan(opts: &RunOptions, run: &Prepared) -> Outcome {
     }
 }
 
+/// What the plan assumes of drains: the drains an earlier run of this
+/// inventory measured, else (ELBv2, whose fixed delay a plan cannot read
+/// offline) that there is no measurement.
+fn drain_assumption(inv: &Inventory, measured: Option<&crate::effects::MeasuredDrain>) -> String {
+    use crate::config::format_duration as f;
+    let bound = f(inv.lb.drain_timeout);
+    match measured {
+        Some(m) => format!(
+            "drains take {} (the median of the {} drain(s) run {} measured), up to lb.drain_timeout = {bound}",
+            f(m.typical),
+            m.drains,
+            m.run
+        ),
+        None if matches!(inv.lb.backend, crate::config::LbBackend::Aws { .. }) => format!(
+            "no drain measured yet (no earlier run of this inventory recorded one): drains are assumed to end soon after the last connection{}; one that follows ELBv2 alone lasts the target group's deregistration_delay; up to lb.drain_timeout = {bound}",
+            match inv.lb.drain_detect {
+                crate::config::DrainDetect::Auto => " (lb.drain_detect = \"auto\")",
+                crate::config::DrainDetect::Lb => "",
+            }
+        ),
+        None => format!(
+            "drains end within seconds once connections close, up to lb.drain_timeout = {bound}"
+        ),
+    }
+}
+
 /// The plan's typical duration, for the progress ETA: the same script run
 /// against the recorder first (milliseconds; nothing is touched).
 async fn estimate(opts: &RunOptions, inventory: &Arc<Inventory>) -> Option<Duration> {
@@ -345,6 +383,9 @@ async fn estimate(opts: &RunOptions, inventory: &Arc<Inventory>) -> Option<Durat
         Some(rec.clone()),
         CancellationToken::new(),
     ));
+    if let Some(m) = crate::effects::measured_drains(&opts.inventory) {
+        effects.set_measured_drain(m);
+    }
     let ctx = Arc::new(ScriptContext::new(
         effects,
         opts.vars.clone(),
@@ -359,7 +400,7 @@ async fn estimate(opts: &RunOptions, inventory: &Arc<Inventory>) -> Option<Durat
         .flatten()
 }
 
-fn assumptions(inv: &Inventory) -> Vec<String> {
+fn assumptions(inv: &Inventory, measured: Option<&crate::effects::MeasuredDrain>) -> Vec<String> {
     use crate::config::format_duration as f;
     vec![
         format!(
@@ -367,10 +408,7 @@ fn assumptions(inv: &Inventory) -> Vec<String> {
             f(crate::effects::TYPICAL_COMMAND),
             f(inv.ssh.command_timeout)
         ),
-        format!(
-            "drains end within seconds once connections close, up to lb.drain_timeout = {}",
-            f(inv.lb.drain_timeout)
-        ),
+        drain_assumption(inv, measured),
         format!(
             "health passes after health.healthy_threshold = {} checks {} apart, up to {} tries of ≤ {} each",
             inv.health.healthy_threshold,

@@ -10,6 +10,7 @@ mod cli;
 mod control;
 mod corpus;
 mod customising;
+mod drain;
 mod faults;
 mod gates;
 mod haproxy;

@@ -257,6 +257,15 @@ fn lb(
             Some(s) => Some(parse_duration(s).map_err(|m| c.err(&k(&["lb", "poll_interval"]), m))?),
         },
         min_in_service,
+        drain_detect: match &l.drain_detect {
+            None => DrainDetect::default(),
+            Some(s) => DrainDetect::parse(s).map_err(|m| c.err(&k(&["lb", "drain_detect"]), m))?,
+        },
+        drain_settle: c.duration(
+            &k(&["lb", "drain_settle"]),
+            l.drain_settle.as_ref(),
+            DEFAULT_DRAIN_SETTLE,
+        )?,
         backend,
         pools,
     })

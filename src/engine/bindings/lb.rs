@@ -25,7 +25,7 @@ Example: `deregister(inst); wait_drained(inst);`",
     func(
         "wait_drained",
         &["inst: Map", "Map"],
-        "Waits until the load balancer reports no open connections to `inst` (HAProxy `scur` and queue 0, then maint; nginx: no connection left from nginx to it, counted with `ss`; ELBv2 `unused`; on every LB of `[[lb]]`), bounded by `lb.drain_timeout`: past it, with `lb.on_drain_timeout = \"proceed\"` (the default) what is left is closed where the LB can (HAProxy `shutdown sessions server`), warned and journalled, and the run goes on; with `\"fail\"` an error of kind `drain_timeout`. Returns `#{waited, connections_at_start}`.
+        "Waits until the load balancer reports no open connections to `inst` (HAProxy `scur` and queue 0, then maint; nginx: no connection left from nginx to it, counted with `ss`; ELBv2 `unused`, or with `lb.drain_detect = \"auto\"` `draining` with no connection to the target's port on the instance for `lb.drain_settle`; on every LB of `[[lb]]`), bounded by `lb.drain_timeout`: past it, with `lb.on_drain_timeout = \"proceed\"` (the default) what is left is closed where the LB can (HAProxy `shutdown sessions server`), warned and journalled, and the run goes on; with `\"fail\"` an error of kind `drain_timeout`. Returns `#{waited, connections_at_start, ended_by}` (`ended_by`: `\"lb\"` or `\"host\"`).
 Example: `let d = wait_drained(inst); info(`drained in ${d.waited}s`);`",
     )
     .register_into_engine(engine, move |inst: Dynamic| -> RhaiResult<Map> {

@@ -11,8 +11,11 @@
 //!
 //! - `clients.rs`: the SDK clients and their config, targets by id or by
 //!   private IP (EC2 DescribeInstances), and discovery of a whole fleet;
-//! - `waits.rs`: a target's state as ELBv2 reports it, and the loops that
-//!   wait for `unused` and `healthy`;
+//! - `waits.rs`: a target's state as ELBv2 reports it, and the loop that
+//!   waits for `healthy`;
+//! - `drain.rs`: the drain, ended by ELBv2's `unused` or — with
+//!   `lb.drain_detect = "auto"` — by a `draining` target whose host shows
+//!   no connection to its port (counted over ssh) for `lb.drain_settle`;
 //! - `listener.rs`: the listener's forward-action weights;
 //! - `errors.rs`: AWS errors rendered with their code and message.
 //!
@@ -20,6 +23,7 @@
 //! call: a dry run built from the same inventory stays offline.
 
 mod clients;
+mod drain;
 mod errors;
 mod listener;
 #[cfg(test)]
@@ -27,6 +31,7 @@ mod tests;
 mod waits;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,12 +42,14 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::poll::Backoff;
-use crate::config::{format_duration, Instance, Inventory, LbBackend};
+use crate::config::{format_duration, DrainDetect, Instance, Inventory, LbBackend};
 use crate::primitives::{
-    ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState, MemberStats,
+    ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState,
+    MemberStats, Transport,
 };
 use clients::{Clients, GroupInfo, Target};
-use waits::{wait_healthy, wait_unused, LiveTarget, Subject, TgState};
+use drain::{ConnSource, DrainWait, LiveHost};
+use waits::{wait_healthy, LiveTarget, Subject, TgState};
 
 /// ELBv2's own health checks run every 5-300 s (30 s by default): polling
 /// faster than 5 s mostly re-reads the same answer.
@@ -66,6 +73,12 @@ pub struct ElbV2 {
     /// Private IP → EC2 instance id, for instances listed without `id`.
     /// std Mutex, not tokio's: nothing is awaited while it is held.
     ids: Mutex<HashMap<String, String>>,
+    /// The run's ssh transport, for counting connections on a draining
+    /// target's host (`lb.drain_detect = "auto"`); without it, drains
+    /// follow ELBv2's state alone.
+    ssh: Option<Arc<dyn Transport>>,
+    /// A host without `ss` has been warned about (once per run).
+    warned_no_ss: AtomicBool,
 }
 
 impl ElbV2 {
@@ -95,6 +108,29 @@ impl ElbV2 {
             clients: OnceCell::new(),
             group: OnceCell::new(),
             ids: Mutex::new(HashMap::new()),
+            ssh: None,
+            warned_no_ss: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a draining target's connections on its host over `ssh`
+    /// (the run's own masters) when `lb.drain_detect = "auto"`.
+    pub fn with_host_counts(mut self, ssh: Arc<dyn Transport>) -> Self {
+        self.ssh = Some(ssh);
+        self
+    }
+
+    /// Where drains count connections: the instance over ssh, unless
+    /// `lb.drain_detect = "lb"` or there is no transport.
+    fn host_counter<'a>(&'a self, inst: &'a Instance) -> Option<LiveHost<'a>> {
+        match (self.inv.lb.drain_detect, &self.ssh) {
+            (DrainDetect::Auto, Some(ssh)) => Some(LiveHost {
+                ssh: ssh.as_ref(),
+                inst,
+                port: self.port_of(inst),
+                warned_no_ss: &self.warned_no_ss,
+            }),
+            _ => None,
         }
     }
 
@@ -239,10 +275,18 @@ impl LoadBalancer for ElbV2 {
             LbOp::Deregister => {
                 format!("elbv2 {tg}: deregister {who} (port {})", self.port_of(inst))
             }
-            LbOp::WaitDrained { timeout } => format!(
-                "elbv2 {tg}: wait until {who} is unused (≤ {})",
-                format_duration(timeout)
-            ),
+            LbOp::WaitDrained { timeout } => match self.host_counter(inst) {
+                None => format!(
+                    "elbv2 {tg}: wait until {who} is unused (≤ {})",
+                    format_duration(timeout)
+                ),
+                Some(_) => format!(
+                    "elbv2 {tg}: wait until {who} is unused, or draining with no connection on {} for {} (≤ {})",
+                    inst.name,
+                    format_duration(self.inv.lb.drain_settle),
+                    format_duration(timeout)
+                ),
+            },
             LbOp::Register => format!("elbv2 {tg}: register {who} (port {})", self.port_of(inst)),
             LbOp::WaitInService { timeout } => format!(
                 "elbv2 {tg}: wait until {who} is healthy (≤ {})",
@@ -287,20 +331,25 @@ impl LoadBalancer for ElbV2 {
             lb: self,
             target: &t,
         };
+        let host = self.host_counter(inst);
         let before = started.elapsed();
-        let waited = before
-            + wait_unused(
-                &source,
-                &self.subject(&t),
+        let drained = drain::wait_drained(
+            &source,
+            DrainWait {
+                who: self.subject(&t),
                 timeout,
-                self.poll(),
+                poll: self.poll(),
                 configured_delay,
-            )
-            .await?;
+                host: host.as_ref().map(|h| h as &dyn ConnSource),
+                settle: self.inv.lb.drain_settle,
+            },
+        )
+        .await?;
         Ok(DrainReport {
-            waited,
+            waited: before + drained.waited,
             connections_at_start: None,
             configured_delay,
+            ended_by: drained.ended_by,
         })
     }
 
@@ -506,8 +555,15 @@ impl LoadBalancer for ElbV2 {
         }
     }
 
+    /// With host counts: the settle time after a first poll; without, one
+    /// poll interval (the deregistration delay cannot be read offline).
     fn typical_drain(&self) -> Duration {
-        self.poll_interval()
+        match (self.inv.lb.drain_detect, &self.ssh) {
+            (DrainDetect::Auto, Some(_)) => {
+                self.inv.lb.drain_settle + FIRST_POLL.min(self.poll_interval())
+            }
+            _ => self.poll_interval(),
+        }
     }
 }
 

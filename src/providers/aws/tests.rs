@@ -97,6 +97,28 @@ fn plan_lines_name_the_target_group_the_instance_id_and_the_port() {
 }
 
 #[test]
+fn with_ssh_the_drain_line_says_the_host_may_end_it_unless_drain_detect_is_lb() {
+    let ssh: Arc<dyn crate::primitives::Transport> =
+        Arc::new(crate::providers::fake::FakeTransport::default());
+    let timeout = Duration::from_secs(120);
+    let inv = inventory("drain_settle = \"2s\"");
+    let lb = ElbV2::new(inv.clone()).with_host_counts(ssh.clone());
+    assert_eq!(
+        lb.describe(LbOp::WaitDrained { timeout }, inv.instance("web-1").unwrap()),
+        "elbv2 tg/credit-radar-tg: wait until i-0abc is unused, or draining with no connection on web-1 for 2s (≤ 120s)"
+    );
+    let inv = inventory("drain_detect = \"lb\"");
+    let lb = ElbV2::new(inv.clone()).with_host_counts(ssh);
+    assert_eq!(
+        lb.describe(
+            LbOp::WaitDrained { timeout },
+            inv.instance("web-1").unwrap()
+        ),
+        "elbv2 tg/credit-radar-tg: wait until i-0abc is unused (≤ 120s)"
+    );
+}
+
+#[test]
 fn lb_port_overrides_the_traffic_port_in_plans() {
     let inv = inventory("port = 8080");
     let lb = ElbV2::new(inv.clone());

@@ -1,6 +1,7 @@
 //! A target's state as ELBv2 reports it (DescribeTargetHealth), and the
-//! loops that wait on it. The SDK's waiters poll at a fixed 15 s and never
-//! fail early on `unhealthy`, so the loops are ours.
+//! loop that waits for it to be healthy (`drain.rs` has the drain's). The
+//! SDK's waiters poll at a fixed 15 s and never fail early on `unhealthy`,
+//! so the loops are ours.
 
 use std::time::Duration;
 
@@ -148,7 +149,7 @@ impl TgState {
         }
     }
 
-    fn as_str(&self) -> &str {
+    pub(super) fn as_str(&self) -> &str {
         match self {
             Self::Healthy => "healthy",
             Self::Initial => "initial",
@@ -200,7 +201,7 @@ impl TargetStatus {
     }
 
     /// `unhealthy (Target.ResponseCodeMismatch: Health checks failed with these codes: [502])`.
-    fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let mut s = self.state.as_str().to_string();
         match (&self.reason, &self.description) {
             (Some(r), Some(d)) => s.push_str(&format!(" ({r}: {d})")),
@@ -235,57 +236,6 @@ pub(super) struct Subject<'a> {
     pub(super) name: &'a str,
     pub(super) id: &'a str,
     pub(super) target_group: &'a str,
-}
-
-/// Polls until the target is `unused` or no longer listed (drained), or
-/// fails with `drain_timeout` at `timeout`. ELBv2 ends `draining` when the
-/// target's connections have closed or the deregistration delay has passed,
-/// whichever comes first, so this is usually sooner than the fixed delay.
-pub(super) async fn wait_unused(
-    src: &dyn HealthSource,
-    who: &Subject<'_>,
-    timeout: Duration,
-    mut poll: Backoff,
-    configured_delay: Option<Duration>,
-) -> ActionResult<Duration> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let mut last: Option<TgState> = None;
-    loop {
-        let status = src.read().await?;
-        let now = Instant::now();
-        if last.as_ref() != Some(&status.state) {
-            debug!(instance = %who.name, "{} {}", who.id, status.render());
-            last = Some(status.state.clone());
-        }
-        // `unused` or not listed (OutOfService): ELBv2 sends it nothing more.
-        if status.member_state() == MemberState::OutOfService {
-            return Ok(now - start);
-        }
-        if now >= deadline {
-            let delay = configured_delay
-                .map(|d| {
-                    format!(
-                        "; the target group's deregistration_delay is {}",
-                        format_duration(d)
-                    )
-                })
-                .unwrap_or_default();
-            return Err(ActionError::new(
-                ErrorKind::DrainTimeout,
-                format!(
-                    "{} still {} in target group {} after {} (lb.drain_timeout{delay})",
-                    who.id,
-                    status.render(),
-                    who.target_group,
-                    format_duration(timeout)
-                ),
-            )
-            .host(who.name)
-            .detail("state", status.state.as_str()));
-        }
-        poll.pause(now, deadline).await;
-    }
 }
 
 /// Polls until the target is `healthy`. Fails early (`health_failed`) when it
@@ -368,19 +318,20 @@ pub(super) async fn wait_healthy(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
     use super::*;
+    use crate::providers::aws::drain::{wait_drained, DrainWait};
     use crate::providers::aws::tests::TG;
 
     /// A target whose health follows a script, one state per read; the last
     /// state repeats.
-    struct Scripted(Mutex<VecDeque<TargetStatus>>);
+    pub(in crate::providers::aws) struct Scripted(Mutex<VecDeque<TargetStatus>>);
 
     impl Scripted {
-        fn new(states: &[(&str, Option<&str>)]) -> Self {
+        pub(in crate::providers::aws) fn new(states: &[(&str, Option<&str>)]) -> Self {
             Self(Mutex::new(
                 states
                     .iter()
@@ -430,6 +381,17 @@ mod tests {
 
     const FAR: Duration = Duration::from_secs(60);
 
+    fn lb_only(timeout: Duration, configured_delay: Option<Duration>) -> DrainWait<'static> {
+        DrainWait {
+            who: WHO,
+            timeout,
+            poll: fast(),
+            configured_delay,
+            host: None,
+            settle: Duration::ZERO,
+        }
+    }
+
     #[tokio::test]
     async fn drain_ends_when_the_target_is_unused() {
         let src = Scripted::new(&[
@@ -438,25 +400,23 @@ mod tests {
             ("draining", Some("Target.DeregistrationInProgress")),
             ("unused", Some("Target.NotRegistered")),
         ]);
-        wait_unused(&src, &WHO, FAR, fast(), None).await.unwrap();
+        let d = wait_drained(&src, lb_only(FAR, None)).await.unwrap();
+        assert_eq!(d.ended_by, crate::primitives::DrainSignal::Lb);
         assert_eq!(src.reads_left(), 1);
     }
 
     #[tokio::test]
     async fn drain_ends_when_the_target_is_no_longer_listed() {
         let src = Scripted::new(&[("draining", None), ("absent", None)]);
-        wait_unused(&src, &WHO, FAR, fast(), None).await.unwrap();
+        wait_drained(&src, lb_only(FAR, None)).await.unwrap();
     }
 
     #[tokio::test]
     async fn a_drain_past_its_timeout_names_the_state_and_the_configured_delay() {
         let src = Scripted::new(&[("draining", Some("Target.DeregistrationInProgress"))]);
-        let err = wait_unused(
+        let err = wait_drained(
             &src,
-            &WHO,
-            Duration::from_millis(20),
-            fast(),
-            Some(Duration::from_secs(300)),
+            lb_only(Duration::from_millis(20), Some(Duration::from_secs(300))),
         )
         .await
         .unwrap_err();

@@ -10,10 +10,13 @@
 //! - `stat.rs`: the `show stat` CSV and HAProxy's status words;
 //! - `inspect.rs`: read-only questions for `init` and `doctor` (a backend's
 //!   servers, the socket's level).
+//! - `second_opinion.rs`: a drained server's host asked for its own count of
+//!   connections (logged when it disagrees).
 
 mod commands;
 mod inspect;
 mod runtime_api;
+mod second_opinion;
 mod servers;
 mod stat;
 
@@ -27,7 +30,8 @@ use tokio::time::Instant;
 use super::poll::Backoff;
 use crate::config::{format_duration, host_for_url, Instance, Inventory, LbBackend};
 use crate::primitives::{
-    ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState, MemberStats,
+    ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState,
+    MemberStats, Transport,
 };
 use commands::{set_state_cmd, set_weight_cmd, shutdown_sessions_cmd, AdminState};
 pub use inspect::{backend_servers, cli_level, BackendServer};
@@ -44,6 +48,8 @@ pub struct HaproxyLb {
     /// Instances this provider put `ready` from `maint` and has not yet
     /// waited for: HAProxy reset their health, so any DOWN is a new verdict.
     from_maint: Mutex<HashSet<String>>,
+    /// The run's ssh transport, for the hosts' own connection counts.
+    ssh: Option<Arc<dyn Transport>>,
 }
 
 impl HaproxyLb {
@@ -61,8 +67,16 @@ impl HaproxyLb {
             backend: backend.clone(),
             by_address: Mutex::new(HashMap::new()),
             from_maint: Mutex::new(HashSet::new()),
+            ssh: None,
             inv,
         }
+    }
+
+    /// Asks each drained server's host for its own connection count (a
+    /// second opinion, logged) when `lb.drain_detect = "auto"`.
+    pub fn with_host_counts(mut self, ssh: Arc<dyn Transport>) -> Self {
+        self.ssh = Some(ssh);
+        self
     }
 
     /// The backend serving `inst`: its pool's own backend when `lb.pools`
@@ -149,7 +163,7 @@ impl LoadBalancer for HaproxyLb {
         let deadline = started + timeout;
         let mut poll = self.poll();
         let mut at_start = None;
-        loop {
+        let server = loop {
             let row = self.row(inst).await?;
             let open = row.sessions + row.queue;
             if at_start.is_none() {
@@ -166,7 +180,7 @@ impl LoadBalancer for HaproxyLb {
                 }
             }
             if open == 0 {
-                break;
+                break format!("{}/{}", row.backend, row.server);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -187,13 +201,16 @@ impl LoadBalancer for HaproxyLb {
                 .detail("queue", row.queue));
             }
             poll.pause(now, deadline).await;
-        }
+        };
         self.set_server(inst, |b, s| set_state_cmd(b, s, AdminState::Maint))
             .await?;
+        // After maint, so the ssh round trip never delays it.
+        self.second_opinion(inst, &server).await;
         Ok(DrainReport {
             waited: started.elapsed(),
             connections_at_start: at_start,
             configured_delay: None,
+            ..Default::default()
         })
     }
 

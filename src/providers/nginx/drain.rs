@@ -55,6 +55,7 @@ impl NginxLb {
                 waited: started.elapsed(),
                 connections_at_start: at_start,
                 configured_delay: None,
+                ended_by: Default::default(),
             };
             if open == 0 {
                 return Ok(Drained::Done(report()));
@@ -138,6 +139,7 @@ impl NginxLb {
                         waited: started.elapsed(),
                         connections_at_start: None,
                         configured_delay: None,
+                        ended_by: Default::default(),
                     }),
                     Err(still) => Err(timed_out(None, &still)),
                 }

@@ -20,11 +20,14 @@
 //!   first (sshd makes every session a session leader), and a command past
 //!   its limit — or abandoned by Ctrl-C — has that group signalled over the
 //!   same master.
+//! - `conns.rs`: the established connections to a port, counted on the
+//!   host with `ss` over its master (on-host drain detection).
 //!
 //! Remote lines run in the login shell, as with `ssh host 'line'`; the shell
 //! is assumed to be POSIX-like (sh, bash, dash, zsh, ksh).
 
 mod connect;
+pub mod conns;
 mod exec;
 mod pool;
 

@@ -58,6 +58,13 @@ impl FleetInventory {
         self
     }
 
+    /// The `[lb]` keys that say which LB it is (default: the fleet's
+    /// HAProxy or nginx), e.g. an ELBv2 target group in moto.
+    pub fn lb_section(mut self, keys: &str) -> Self {
+        self.lb = keys.to_string();
+        self
+    }
+
     /// `app.rollback` (default: the fleet's bin/rollback.sh).
     pub fn rollback(mut self, cmd: &str) -> Self {
         self.rollback = cmd.to_string();

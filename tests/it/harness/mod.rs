@@ -15,6 +15,8 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "aws")]
+pub mod alb;
 pub mod apiproxy;
 pub mod backend;
 #[cfg(feature = "aws")]

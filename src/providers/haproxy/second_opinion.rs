@@ -1,0 +1,31 @@
+//! A second opinion on a finished HAProxy drain: HAProxy counts only the
+//! sessions it carries itself, so a server it reports idle (`scur` 0) can
+//! still have clients on its host that bypass this HAProxy (a second LB, a
+//! cron job calling the app directly). With `lb.drain_detect = "auto"` the
+//! host's established connections to the server's port are counted once,
+//! over its ssh master, and a disagreement is logged. Nothing else changes:
+//! the drain is over as far as this LB can tell.
+
+use tracing::{debug, info};
+
+use super::HaproxyLb;
+use crate::config::{DrainDetect, Instance};
+use crate::providers::ssh::conns::{self, HostConns};
+
+impl HaproxyLb {
+    pub(super) async fn second_opinion(&self, inst: &Instance, server: &str) {
+        let (DrainDetect::Auto, Some(ssh)) = (self.inv.lb.drain_detect, &self.ssh) else {
+            return;
+        };
+        let port = self.inv.traffic_port(inst);
+        match conns::established(ssh.as_ref(), inst, port).await {
+            Ok(HostConns::Established(n)) if n > 0 => info!(
+                instance = %inst.name,
+                "HAProxy reports no session left on {server} (scur 0), but {} has {n} established connection(s) to port {port}: clients that do not come through this HAProxy (or one of its health checks)? The drain is over for HAProxy; rollscript goes on",
+                inst.name
+            ),
+            Ok(found) => debug!(instance = %inst.name, "second opinion on {server}: {found:?}"),
+            Err(e) => debug!(instance = %inst.name, "no second opinion on {server}: {}", e.message),
+        }
+    }
+}
