@@ -269,6 +269,59 @@ fn a_failed_deploy_behind_the_pair_is_compensated_on_both_lbs() {
     );
 }
 
+/// A run killed with SIGKILL mid-deploy behind the pair left web-1 out of
+/// both HAProxies; `recover` rolls it back and puts it back on both.
+#[test]
+fn recover_after_a_kill_behind_the_pair_puts_the_instance_back_on_both_lbs() {
+    let _one = one_fleet_at_a_time();
+    let fleet = FleetSpec::new(LbKind::Haproxy, 3).haproxy_pair().start();
+    let deploy = fleet.wrapper(
+        "deploy-then-linger.sh",
+        "\"$bin/deploy.sh\" \"$1\"\nmark deployed-$NAME\nwait_for go-$NAME",
+    );
+    let inv = fleet
+        .inventory()
+        .deploy(&deploy)
+        .min_in_service(1)
+        .write(&fleet.path("rollscript.toml"));
+    let run = Running::start(&strs(&rolling(&inv)));
+    fleet.wait_ctl("deployed-web-1", Duration::from_secs(60));
+    run.signal(libc::SIGKILL);
+    let killed = run.wait(Duration::from_secs(30));
+    fleet.touch("go-web-1");
+    assert_eq!(
+        (
+            fleet.haproxy().status("web-1"),
+            fleet.haproxy2().status("web-1")
+        ),
+        ("MAINT".to_string(), "MAINT".to_string()),
+        "out of both after the kill\n{}",
+        killed.dump()
+    );
+
+    let inv_s = inv.display().to_string();
+    let rec = Running::start(&["recover", "-i", &inv_s, "--yes"]).wait(RUN_TIMEOUT);
+    let ctx = rec.dump();
+    assert_eq!(rec.code, Some(0), "{ctx}");
+    assert!(rec.stdout.contains("web-1: back in service"), "{ctx}");
+    let up: Vec<(String, String)> = fleet
+        .names()
+        .into_iter()
+        .map(|n| (n, "UP".to_string()))
+        .collect();
+    assert_eq!(
+        settled(|| haproxy_states(fleet.haproxy(), &fleet)),
+        up,
+        "{ctx}"
+    );
+    assert_eq!(
+        settled(|| haproxy_states(fleet.haproxy2(), &fleet)),
+        up,
+        "{ctx}"
+    );
+    assert_eq!(fleet.version("web-1"), "v1", "rolled back\n{ctx}");
+}
+
 // ---- drain policy -------------------------------------------------------------------
 
 /// Holds `/slow?ms=20000` through the LB until HAProxy shows one on web-1
