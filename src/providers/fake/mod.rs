@@ -185,6 +185,8 @@ pub struct FakeTransport {
     pub calls: Calls,
     /// (instance name or "*", substring of the command) → exit status and stderr.
     pub rules: Mutex<Vec<(String, String, i32, String)>>,
+    /// How long each command takes (benches: a realistic round trip).
+    pub latency: Duration,
 }
 
 impl FakeTransport {
@@ -209,6 +211,9 @@ impl Transport for FakeTransport {
     ) -> ActionResult<ExecOutput> {
         let line = cmd.to_shell();
         self.calls.push(format!("ssh {}: {line}", inst.name));
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let rules = self.rules.lock().unwrap().clone();
         for (who, contains, status, stderr) in rules {
             if (who == "*" || who == inst.name) && line.contains(&contains) {
@@ -228,12 +233,17 @@ impl Transport for FakeTransport {
 pub struct FakeHealth {
     pub calls: Calls,
     pub unhealthy: Mutex<BTreeSet<String>>,
+    /// How long each check takes (benches).
+    pub latency: Duration,
 }
 
 #[async_trait]
 impl HealthCheck for FakeHealth {
     async fn check(&self, probe: &HealthProbe) -> ActionResult<HealthReport> {
         self.calls.push(format!("health {}", probe.url));
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         if self.unhealthy.lock().unwrap().contains(&probe.url) {
             return Err(ActionError::new(
                 ErrorKind::HealthFailed,
