@@ -1,8 +1,16 @@
 //! The run journal: one JSON-lines file per run under `.rollscript/runs/`
-//! (0600, in a 0700 folder), fsynced at every record, so a run killed at any
-//! instant leaves a record of exactly which effects it started and which it
-//! finished. With a shared state backend every record is also stored there
-//! ([`crate::state::JournalMirror`]) before the effect.
+//! (0600, in a 0700 folder). Every record is written (`write(2)`) before the
+//! call returns, so a run killed at any instant leaves a record of exactly
+//! which effects it started and which it finished. Every record but an
+//! effect's result is also fsynced before it returns: an intent is durable
+//! before its effect, even across a power loss. A result rides on the next
+//! fsync (the next intent's, or the run's end): lost with the machine, it
+//! leaves an intent without a result, which `recover` already reads as
+//! "may have happened" and puts back — so results cost no fsync of their
+//! own. Branches of a `parallel` batch that write at once share one fsync
+//! (group commit): a writer whose line an fsync already covers returns
+//! without another. With a shared state backend every record is also stored
+//! there ([`crate::state::JournalMirror`]) before the effect.
 //!
 //! Durable or nothing: an intent that cannot be written and fsynced (and
 //! mirrored) is an error, and the effects layer does not act: the run stops.
@@ -53,16 +61,29 @@ fn restores(op: &str) -> bool {
 }
 
 struct Inner {
-    file: File,
     /// Records written (the next line number of the mirror).
     lines: u64,
+}
+
+/// How far the file is durable (group commit).
+struct Synced {
+    /// Records covered by the last successful fsync.
+    upto: u64,
+    /// An fsync failed: nothing written after it is known durable, ever.
+    failed: Option<String>,
 }
 
 /// An open journal of the current run.
 pub struct Journal {
     pub run: String,
     pub path: PathBuf,
+    file: File,
     inner: Mutex<Inner>,
+    /// `inner.lines`, readable without its lock (by [`Self::sync_upto`]).
+    written: AtomicU64,
+    synced: Mutex<Synced>,
+    /// fsyncs done (tests check the group commit with it).
+    fsyncs: AtomicU64,
     seq: AtomicU64,
     mirror: Mutex<Option<Arc<dyn JournalMirror>>>,
     /// Why the mirror was dropped.
@@ -183,7 +204,14 @@ impl Journal {
         Self {
             run: run.to_string(),
             path,
-            inner: Mutex::new(Inner { file, lines }),
+            file,
+            inner: Mutex::new(Inner { lines }),
+            written: AtomicU64::new(lines),
+            synced: Mutex::new(Synced {
+                upto: lines,
+                failed: None,
+            }),
+            fsyncs: AtomicU64::new(0),
             seq: AtomicU64::new(seq),
             mirror: Mutex::new(mirror),
             mirror_lost: Mutex::new(None),
@@ -208,32 +236,68 @@ impl Journal {
     /// locally, then stored by the mirror: the record of an intent must
     /// exist before the effect can happen.
     pub fn write(&self, record: &Record) -> std::io::Result<()> {
-        self.write_both(record)
+        self.write_both(record, true)
             .map_err(|f| std::io::Error::other(self.note_stop(&f)))
     }
 
-    fn write_both(&self, record: &Record) -> Result<(), Failed> {
-        let line = serde_json::to_string(record).expect("records serialise");
-        // One writer at a time end to end, so the mirror's line numbers are
-        // the file's.
+    fn write_both(&self, record: &Record, durable: bool) -> Result<(), Failed> {
+        let line = serde_json::to_string(record).expect("records serialise") + "\n";
+        let mirror = self.mirror.lock().unwrap().clone();
+        // One writer at a time end to end, so the line numbers are the file's.
         let mut inner = self.inner.lock().unwrap();
-        let local = inner
-            .file
-            .write_all(format!("{line}\n").as_bytes())
-            .and_then(|_| inner.file.sync_data());
-        local.map_err(|e| Failed::Local(io_text(&e)))?;
+        (&self.file)
+            .write_all(line.as_bytes())
+            .map_err(|e| Failed::Local(io_text(&e)))?;
         let n = inner.lines;
         inner.lines += 1;
-        let mirror = self.mirror.lock().unwrap().clone();
-        if let Some(m) = mirror {
-            if let Err(e) = m.append(&self.run, n, &line) {
-                let why = format!("shared state lost: {}: {e}", m.describe());
-                *self.mirror.lock().unwrap() = None;
-                *self.mirror_lost.lock().unwrap() = Some(why.clone());
-                return Err(Failed::Mirror(why));
-            }
+        self.written.store(inner.lines, Ordering::SeqCst);
+        let Some(m) = mirror else {
+            drop(inner);
+            return if durable {
+                self.sync_upto(n + 1)
+            } else {
+                Ok(())
+            };
+        };
+        // With a mirror everything stays in order under the one lock: the
+        // local copy durable first, then the shared one.
+        if durable {
+            self.sync_upto(n + 1)?;
+        }
+        if let Err(e) = m.append(&self.run, n, line.trim_end()) {
+            let why = format!("shared state lost: {}: {e}", m.describe());
+            *self.mirror.lock().unwrap() = None;
+            *self.mirror_lost.lock().unwrap() = Some(why.clone());
+            return Err(Failed::Mirror(why));
         }
         Ok(())
+    }
+
+    /// Makes the first `records` lines durable: one fsync covers every line
+    /// written before it started, so writers that arrive while one runs
+    /// find their line covered and return without their own.
+    fn sync_upto(&self, records: u64) -> Result<(), Failed> {
+        let mut s = self.synced.lock().unwrap();
+        if let Some(why) = &s.failed {
+            return Err(Failed::Local(why.clone()));
+        }
+        if s.upto >= records {
+            return Ok(());
+        }
+        // Every line written so far: this fsync covers them all.
+        let written = self.written.load(Ordering::SeqCst).max(records);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        match self.file.sync_data() {
+            Ok(()) => {
+                s.upto = written;
+                Ok(())
+            }
+            Err(e) => {
+                let why = io_text(&e);
+                s.failed = Some(why.clone());
+                Err(Failed::Local(why))
+            }
+        }
     }
 
     /// Records why the run must stop (the first reason wins; a local failure
@@ -279,7 +343,7 @@ impl Journal {
             instance: instance.map(String::from),
             text: redact(text),
         };
-        match self.write_both(&record) {
+        match self.write_both(&record, true) {
             Ok(()) => Ok(seq),
             Err(f @ Failed::Mirror(_)) => {
                 // Durable here, done nowhere: the local file says so.
@@ -311,8 +375,10 @@ impl Journal {
         }
     }
 
+    /// Records an effect's result: written at once, durable with the next
+    /// fsync (see the module doc for why that is enough).
     pub fn result(&self, seq: u64, duration: std::time::Duration, err: Option<&ActionError>) {
-        self.best_effort(&Record::Result {
+        let record = Record::Result {
             seq,
             at: now(),
             ok: err.is_none(),
@@ -320,7 +386,11 @@ impl Journal {
             error_kind: err.map(|e| e.kind.as_str().to_string()),
             error: err.map(|e| redact(&e.to_string())),
             unknown_outcome: err.is_some_and(|e| e.unknown_outcome),
-        });
+        };
+        if let Err(f) = self.write_both(&record, false) {
+            let why = self.note_stop(&f);
+            tracing::error!("cannot write journal {}: {why}", self.path.display());
+        }
     }
 
     /// For records that follow an effect (results, compensation, the run's
@@ -333,6 +403,11 @@ impl Journal {
                 io_text(&e)
             );
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Why the run stopped (or must): a record could not be written.

@@ -216,3 +216,54 @@ fn a_mirror_gets_every_line_and_once_lost_the_run_stops_and_goes_on_locally() {
     assert_eq!(j.intent("health", Some("web-1"), "GET").unwrap(), 4);
     assert_eq!(m.count(&run).unwrap(), 7);
 }
+
+#[test]
+fn results_ride_on_the_next_fsync_and_parallel_writers_share_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("rollscript.toml");
+    let run = new_run_id(&inv);
+    let j = Journal::create(&inv, &run, &start(&run), None).unwrap();
+    assert_eq!(j.fsyncs(), 1, "the run's start is durable");
+    for _ in 0..10 {
+        let seq = j.intent("ssh", Some("web-1"), "./deploy.sh").unwrap();
+        j.result(seq, std::time::Duration::ZERO, None);
+    }
+    // One fsync per intent; the results are written, not synced.
+    assert_eq!(j.fsyncs(), 11);
+    assert_eq!(read(&j.path).unwrap().len(), 21);
+
+    // 8 branches writing at once: every record lands whole, numbered once,
+    // and no more fsyncs than intents (fewer when they overlap).
+    let j = Arc::new(j);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let inst = format!("web-{t}");
+                    let seq = j.intent("deregister", Some(&inst), "drain").unwrap();
+                    j.result(seq, std::time::Duration::ZERO, None);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let records = read(&j.path).unwrap();
+    assert_eq!(records.len(), 21 + 800);
+    let mut seqs: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Intent { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 410);
+    assert!(j.fsyncs() <= 11 + 400, "{} fsyncs", j.fsyncs());
+    // Every intent has its result after it.
+    let s = summarise(&records);
+    assert_eq!(s.out_of_service.len(), 8, "{s:?}");
+}
