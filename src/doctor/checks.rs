@@ -357,6 +357,7 @@ async fn health(inv: &Inventory, p: &Providers, inst: &Instance) -> Check {
         return health_on_host(inv, p, inst, how).await;
     }
     let probe = HealthProbe {
+        ready_after: None,
         on_host: None,
         url: inv.health_url(inst),
         expect_status: h.expect_status,
@@ -405,6 +406,7 @@ async fn health_on_host(
     let h = &inv.health;
     let port = inst.health_port.or(inst.port).unwrap_or(h.port);
     let probe = HealthProbe {
+        ready_after: None,
         on_host: Some(how.clone()),
         url: format!("{}://localhost:{port}{}", h.scheme, h.path),
         expect_status: h.expect_status,

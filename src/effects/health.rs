@@ -25,6 +25,7 @@ impl Effects {
             }
         };
         HealthProbe {
+            ready_after: None,
             on_host: h.on_host.clone(),
             url,
             expect_status: h.expect_status,
@@ -74,6 +75,11 @@ impl Effects {
             });
         }
         info!(instance = %who, step = "health", "{text}");
+        let mut probe = probe.clone();
+        if inst.is_some() {
+            probe.ready_after = self.ready.expected();
+        }
+        let probe = &probe;
         let check = async {
             let checked = match (&on_host, &inst) {
                 (Some(how), Some(i)) => self.check_on_host(i, probe, how).await,
@@ -82,6 +88,10 @@ impl Effects {
             checked.map_err(|e| if e.host.is_none() { e.host(who) } else { e })
         };
         let report = self.act("health", inst.as_ref(), &text, check).await?;
+        if inst.is_some() {
+            self.ready
+                .record(crate::providers::http::first_pass(&report));
+        }
         info!(instance = %who, step = "healthy", "{who} healthy after {} attempt(s) in {}",
             report.attempts.len(), format_duration(report.duration));
         Ok(report)

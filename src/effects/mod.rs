@@ -92,6 +92,9 @@ pub struct Effects {
     warming: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Plans: the drains an earlier run measured (see `drain.rs`).
     measured_drain: std::sync::OnceLock<MeasuredDrain>,
+    /// How long instances took to first pass their health check in this
+    /// run: later checks try finely around that moment.
+    ready: crate::providers::poll::Learned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +136,7 @@ impl Effects {
             control: Default::default(),
             warming: Default::default(),
             measured_drain: Default::default(),
+            ready: Default::default(),
         }
     }
 

@@ -4,17 +4,17 @@
 //! against `localhost` there; `health.command` runs a command whose exit
 //! status is the verdict. Same retries, threshold and report as HTTP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Effects;
 use crate::config::{format_duration, Instance, OnHost};
 use crate::primitives::{
-    sh_quote, ActionError, ActionResult, Attempt, Cmd, ErrorKind, HealthProbe, HealthReport,
+    sh_quote, ActionError, ActionResult, Cmd, ErrorKind, HealthProbe, HealthReport,
 };
-use crate::providers::http::summarise;
+use crate::providers::http::retry;
 
 /// What one attempt on the host saw.
-enum Verdict {
+pub(crate) enum Verdict {
     Ok(String),
     Failed(String),
     /// Retrying cannot help (no curl on the host).
@@ -37,7 +37,12 @@ pub(crate) fn curl_cmd(probe: &HealthProbe) -> Cmd {
 }
 
 /// Reads curl's exit status and output as an attempt's outcome.
-fn curl_verdict(probe: &HealthProbe, status: i32, stdout: &str, stderr: &str) -> Verdict {
+pub(crate) fn curl_verdict(
+    probe: &HealthProbe,
+    status: i32,
+    stdout: &str,
+    stderr: &str,
+) -> Verdict {
     match status {
         0 => {}
         127 => {
@@ -90,15 +95,7 @@ impl Effects {
                 "exit 0".to_string(),
             ),
         };
-        let started = Instant::now();
-        let mut attempts = Vec::new();
-        let mut streak = 0;
-        for n in 0..probe.retries {
-            if n > 0 {
-                tokio::time::sleep(probe.interval).await;
-            }
-            let at = started.elapsed();
-            let t0 = Instant::now();
+        let attempt = || async {
             let verdict = match self.providers.ssh.exec(inst, &cmd, limit).await {
                 Err(e) if e.kind == ErrorKind::Cancelled => return Err(e),
                 Err(e) => Verdict::Failed(format!("ssh: {}", e.message)),
@@ -117,49 +114,21 @@ impl Effects {
                     }
                 },
             };
-            let (ok, outcome) = match verdict {
-                Verdict::Ok(o) => (true, o),
-                Verdict::Failed(o) => (false, o),
-                Verdict::Fatal(why) => {
-                    return Err(ActionError::new(ErrorKind::HealthFailed, why)
-                        .host(&inst.name)
-                        .command(cmd.to_shell()))
-                }
-            };
-            attempts.push(Attempt {
-                at,
-                outcome,
-                ok,
-                latency: t0.elapsed(),
-            });
-            streak = if ok { streak + 1 } else { 0 };
-            if streak >= probe.healthy_threshold {
-                return Ok(HealthReport {
-                    url: probe.url.clone(),
-                    attempts,
-                    duration: started.elapsed(),
-                });
+            match verdict {
+                Verdict::Ok(o) => Ok((true, o)),
+                Verdict::Failed(o) => Ok((false, o)),
+                Verdict::Fatal(why) => Err(ActionError::new(ErrorKind::HealthFailed, why)
+                    .host(&inst.name)
+                    .command(cmd.to_shell())),
             }
-        }
-        Err(ActionError::new(
-            ErrorKind::HealthFailed,
-            format!(
-                "{what} not healthy after {} attempts over {}: expected {expect}, {} in a row; saw {}",
-                attempts.len(),
-                format_duration(started.elapsed()),
-                probe.healthy_threshold,
-                summarise(&attempts)
-            ),
-        )
-        .host(&inst.name)
-        .detail("attempts", attempts.len())
-        .detail(
-            "last",
-            attempts
-                .last()
-                .map(|a| a.outcome.clone())
-                .unwrap_or_default(),
-        ))
+        };
+        retry(probe, &what, &expect, attempt).await.map_err(|e| {
+            if e.host.is_none() {
+                e.host(&inst.name)
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -169,6 +138,7 @@ mod tests {
 
     fn probe(body: Option<&str>) -> HealthProbe {
         HealthProbe {
+            ready_after: None,
             url: "http://localhost:4000/health".into(),
             expect_status: 200,
             expect_body: body.map(String::from),

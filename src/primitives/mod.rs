@@ -89,6 +89,9 @@ pub struct HealthProbe {
     /// Checked on the instance over ssh (`health.via`, `health.command`)
     /// instead of from this machine; `url` is then `http://localhost:…`.
     pub on_host: Option<crate::config::OnHost>,
+    /// When earlier checks of this run first passed (their median): the
+    /// attempts come finely around that moment (see `providers::http::retry`).
+    pub ready_after: Option<Duration>,
 }
 
 /// What one attempt saw.

@@ -2,10 +2,13 @@
 //! attempt, a per-attempt timeout, `healthy_threshold` successes in a row, and
 //! on failure a summary of what every attempt saw.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 
+use super::poll::fine_step;
 use crate::config::format_duration;
 use crate::primitives::{
     ActionError, ActionResult, Attempt, ErrorKind, HealthCheck, HealthProbe, HealthReport,
@@ -119,57 +122,121 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> String {
 #[async_trait]
 impl HealthCheck for HttpHealth {
     async fn check(&self, probe: &HealthProbe) -> ActionResult<HealthReport> {
-        let started = Instant::now();
-        let mut attempts = Vec::new();
-        let mut streak = 0;
-        for n in 0..probe.retries {
-            if n > 0 {
-                tokio::time::sleep(probe.interval).await;
-            }
-            let at = started.elapsed();
-            let t0 = Instant::now();
-            let (ok, outcome) = self.attempt(probe).await;
-            attempts.push(Attempt {
-                at,
-                outcome,
-                ok,
-                latency: t0.elapsed(),
-            });
-            streak = if ok { streak + 1 } else { 0 };
-            if streak >= probe.healthy_threshold {
-                return Ok(HealthReport {
-                    url: probe.url.clone(),
-                    attempts,
-                    duration: started.elapsed(),
-                });
-            }
-        }
         let body = probe
             .expect_body
             .as_ref()
             .map(|b| format!(" with a body containing {b:?}"))
             .unwrap_or_default();
-        Err(ActionError::new(
-            ErrorKind::HealthFailed,
-            format!(
-                "{} not healthy after {} attempts over {}: expected {}{body}, {} in a row; saw {}",
-                probe.url,
-                attempts.len(),
-                format_duration(started.elapsed()),
-                probe.expect_status,
-                probe.healthy_threshold,
-                summarise(&attempts)
-            ),
-        )
-        .detail("attempts", attempts.len())
-        .detail(
-            "last",
-            attempts
-                .last()
-                .map(|a| a.outcome.clone())
-                .unwrap_or_default(),
-        ))
+        let expect = format!("{}{body}", probe.expect_status);
+        retry(probe, &probe.url, &expect, || async {
+            Ok(self.attempt(probe).await)
+        })
+        .await
     }
+}
+
+/// The delay before the next attempt. After a failure: `interval`, except
+/// around the moment earlier instances of this run first passed
+/// (`ready_after`, e): from 0.8 e to 1.5 e + interval the attempts come
+/// every [`fine_step`] of e (10 ms for an app that boots in 0.5 s), so a
+/// friendly `interval` for real apps does not cost an interval on every
+/// instance. Between the passes of one streak: always `interval` (the
+/// threshold is about staying healthy over time). The bool: the attempt
+/// counts against `retries` (fine ones do not).
+fn next_attempt(probe: &HealthProbe, elapsed: Duration, streak: u32) -> (Duration, bool) {
+    let interval = probe.interval;
+    let Some(e) = probe.ready_after.filter(|_| streak == 0) else {
+        return (interval, true);
+    };
+    let (from, until) = (e * 4 / 5, e * 3 / 2 + interval);
+    if elapsed + interval <= from || elapsed >= until {
+        (interval, true)
+    } else if elapsed < from {
+        (from - elapsed, true)
+    } else {
+        (fine_step(e, interval), false)
+    }
+}
+
+/// The retry loop of every health check (HTTP from here, curl or a command
+/// on the instance): `attempt` makes one try and says (passed, what it
+/// saw); its error ends the check at once (cancelled, or retrying cannot
+/// help). `what` and `expect` word the failure.
+pub(crate) async fn retry<F, Fut>(
+    probe: &HealthProbe,
+    what: &str,
+    expect: &str,
+    mut attempt: F,
+) -> ActionResult<HealthReport>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ActionResult<(bool, String)>>,
+{
+    let started = Instant::now();
+    let mut attempts = Vec::new();
+    let mut streak = 0;
+    let (mut counted, mut counts) = (0, true);
+    loop {
+        counted += counts as u32;
+        let at = started.elapsed();
+        let t0 = Instant::now();
+        let (ok, outcome) = attempt().await?;
+        attempts.push(Attempt {
+            at,
+            outcome,
+            ok,
+            latency: t0.elapsed(),
+        });
+        streak = if ok { streak + 1 } else { 0 };
+        if streak >= probe.healthy_threshold {
+            return Ok(HealthReport {
+                url: probe.url.clone(),
+                attempts,
+                duration: started.elapsed(),
+            });
+        }
+        let (delay, counts_next) = next_attempt(probe, started.elapsed(), streak);
+        if counts_next && counted >= probe.retries {
+            break;
+        }
+        counts = counts_next;
+        tokio::time::sleep(delay).await;
+    }
+    // `health.retries` counts the attempts at `health.interval`; the finer
+    // polls around the moment this run's instances became ready are extra.
+    let closer = attempts.len() as u32 - counted;
+    let extra = if closer > 0 {
+        format!(" (and {closer} closer polls around when instances became ready so far)")
+    } else {
+        String::new()
+    };
+    Err(ActionError::new(
+        ErrorKind::HealthFailed,
+        format!(
+            "{what} not healthy after {counted} attempts over {}{extra}: expected {expect}, {} in a row; saw {}",
+            format_duration(started.elapsed()),
+            probe.healthy_threshold,
+            summarise(&attempts)
+        ),
+    )
+    .detail("attempts", attempts.len())
+    .detail(
+        "last",
+        attempts
+            .last()
+            .map(|a| a.outcome.clone())
+            .unwrap_or_default(),
+    ))
+}
+
+/// When `report`'s passing streak began: what `ready_after` learns from.
+pub(crate) fn first_pass(report: &HealthReport) -> Duration {
+    let fails = report.attempts.iter().rposition(|a| !a.ok);
+    let first_ok = fails.map_or(0, |i| i + 1);
+    report
+        .attempts
+        .get(first_ok)
+        .map_or(report.duration, |a| a.at)
 }
 
 /// `3× connection refused, then 2× 503, then 200` — what each run of attempts saw.
@@ -276,5 +343,102 @@ pub async fn prometheus_query(base: &str, promql: &str) -> ActionResult<Option<f
             .and_then(|s| s.parse::<f64>().ok())
             .map(|x| x.is_finite().then_some(x))
             .ok_or_else(|| fail(format!("unexpected sample {v}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(ready_after: Option<Duration>) -> HealthProbe {
+        HealthProbe {
+            url: "http://127.0.0.1:1/health".into(),
+            expect_status: 200,
+            expect_body: None,
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_millis(100),
+            retries: 30,
+            healthy_threshold: 2,
+            on_host: None,
+            ready_after,
+        }
+    }
+
+    /// An app that answers from `ready` on; the attempts' times.
+    async fn run(p: &HealthProbe, ready: Duration) -> (HealthReport, Vec<u128>) {
+        let start = tokio::time::Instant::now();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let report = retry(p, &p.url, "200", || async {
+            let t = start.elapsed();
+            seen.lock().unwrap().push(t.as_millis());
+            Ok((
+                t >= ready,
+                if t >= ready {
+                    "200"
+                } else {
+                    "connection refused"
+                }
+                .into(),
+            ))
+        })
+        .await
+        .unwrap();
+        (report, seen.into_inner().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_learned_moment_attempts_come_every_interval() {
+        let (report, at) = run(&probe(None), Duration::from_millis(450)).await;
+        assert_eq!(at, [0, 100, 200, 300, 400, 500, 600]);
+        assert_eq!(first_pass(&report).as_millis(), 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn around_the_learned_moment_attempts_are_fine_then_the_streak_keeps_its_interval() {
+        let (report, at) = run(
+            &probe(Some(Duration::from_millis(500))),
+            Duration::from_millis(455),
+        )
+        .await;
+        // Regular up to 0.8 × 500 = 400 ms, then every 10 ms; the second
+        // pass of the streak an interval after the first.
+        assert_eq!(&at[..6], &[0, 100, 200, 300, 400, 410]);
+        assert_eq!(*at.last().unwrap() - at[at.len() - 2], 100);
+        assert_eq!(first_pass(&report).as_millis(), 460);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fine_attempts_do_not_spend_the_retries() {
+        let mut p = probe(Some(Duration::from_millis(500)));
+        p.retries = 3;
+        let err = retry(&p, &p.url, "200", || async {
+            Ok((false, "503".to_string()))
+        })
+        .await
+        .unwrap_err();
+        // 3 counted attempts (0, 100, 200 ms) and none in the window, which
+        // starts at 400 ms: the budget ends before it.
+        assert!(err.message.contains("after 3 attempts"), "{}", err.message);
+        p.retries = 6;
+        let err = retry(&p, &p.url, "200", || async {
+            Ok((false, "503".to_string()))
+        })
+        .await
+        .unwrap_err();
+        // 0..400 counted (5), then fine ones up to 850 ms, then one more.
+        assert!(
+            err.message.contains("6× 503") || err.message.contains("503"),
+            "{}",
+            err.message
+        );
+        let n = err
+            .message
+            .split("after ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert_eq!(n.parse::<usize>().unwrap(), 5 + 45 + 1, "{}", err.message);
     }
 }

@@ -17,7 +17,7 @@ pub mod multi;
 pub mod nginx;
 pub mod none;
 mod output;
-mod poll;
+pub(crate) mod poll;
 pub mod postgres;
 pub mod ssh;
 pub mod terminal;

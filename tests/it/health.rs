@@ -14,6 +14,7 @@ use crate::harness::sshd::next_ip;
 
 fn probe(url: String) -> HealthProbe {
     HealthProbe {
+        ready_after: None,
         url,
         expect_status: 200,
         expect_body: None,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::poll::Backoff;
+use super::poll::{Backoff, Learned};
 use crate::config::{format_duration, host_for_url, Instance, Inventory, LbBackend};
 use crate::primitives::{
     ActionError, ActionResult, DrainReport, ErrorKind, LbOp, LoadBalancer, MemberState,
@@ -50,6 +50,11 @@ pub struct HaproxyLb {
     from_maint: Mutex<HashSet<String>>,
     /// The run's ssh transport, for the hosts' own connection counts.
     ssh: Option<Arc<dyn Transport>>,
+    /// How long drains and waits for UP took so far in this run: polls
+    /// are fine around that moment (HAProxy's runtime API tells neither a
+    /// server's check `inter` nor when its next check runs).
+    drains: Learned,
+    ups: Learned,
 }
 
 impl HaproxyLb {
@@ -68,6 +73,8 @@ impl HaproxyLb {
             by_address: Mutex::new(HashMap::new()),
             from_maint: Mutex::new(HashSet::new()),
             ssh: None,
+            drains: Learned::default(),
+            ups: Learned::default(),
             inv,
         }
     }
@@ -161,7 +168,7 @@ impl LoadBalancer for HaproxyLb {
     async fn wait_drained(&self, inst: &Instance, timeout: Duration) -> ActionResult<DrainReport> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let mut poll = self.poll();
+        let mut poll = Backoff::around(self.inv.lb.poll_interval, &self.drains);
         let mut at_start = None;
         let server = loop {
             let row = self.row(inst).await?;
@@ -180,6 +187,7 @@ impl LoadBalancer for HaproxyLb {
                 }
             }
             if open == 0 {
+                self.drains.record(started.elapsed());
                 break format!("{}/{}", row.backend, row.server);
             }
             let now = Instant::now();
@@ -204,8 +212,8 @@ impl LoadBalancer for HaproxyLb {
         };
         self.set_server(inst, |b, s| set_state_cmd(b, s, AdminState::Maint))
             .await?;
-        // After maint, so the ssh round trip never delays it.
-        self.second_opinion(inst, &server).await;
+        // After maint, beside the deploy: the ssh round trip delays nothing.
+        self.second_opinion(inst, server);
         Ok(DrainReport {
             waited: started.elapsed(),
             connections_at_start: at_start,
@@ -242,7 +250,7 @@ impl LoadBalancer for HaproxyLb {
     async fn wait_in_service(&self, inst: &Instance, timeout: Duration) -> ActionResult<Duration> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let mut poll = self.poll();
+        let mut poll = Backoff::around(self.inv.lb.poll_interval, &self.ups);
         // A DOWN is news only when a check ran after `ready`: leaving maint
         // resets the server to UP, so from there any DOWN is; otherwise (e.g.
         // `ready` from a drain that checks marked DOWN during the restart) the
@@ -268,7 +276,10 @@ impl LoadBalancer for HaproxyLb {
             }
             let verdict = finished.as_ref().unwrap_or(&row);
             match status {
-                Status::Up => return Ok(started.elapsed()),
+                Status::Up => {
+                    self.ups.record(started.elapsed());
+                    return Ok(started.elapsed());
+                }
                 Status::Maint | Status::Drain => {
                     return Err(ActionError::new(
                         ErrorKind::Lb,
