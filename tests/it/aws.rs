@@ -161,6 +161,24 @@ async fn deregister_drains_until_unused_and_register_waits_until_healthy() {
 }
 
 #[tokio::test]
+async fn a_target_is_expected_healthy_after_the_groups_interval_times_its_threshold() {
+    let cloud = Cloud::start().await;
+    let inv = cloud.inventory(
+        "",
+        &instances_toml(&[("web-1", "127.10.1.10", Some("i-1"))]),
+    );
+    let lb = cloud.lb(&inv);
+    // The harness's groups check every 7 s and need 3 passes.
+    assert_eq!(
+        lb.expected_healthy(&cloud.tg).await,
+        Some(Duration::from_secs(21))
+    );
+    // A group that does not exist: no expectation (the wait polls as usual).
+    let missing = format!("{}/0000000000000000", cloud.tg.rsplit_once('/').unwrap().0);
+    assert_eq!(lb.expected_healthy(&missing).await, None);
+}
+
+#[tokio::test]
 async fn wait_in_service_keeps_waiting_while_the_target_is_initial() {
     let cloud = Cloud::start().await;
     let id = cloud.instance(&cloud.subnet, "127.10.1.10", None).await;

@@ -57,6 +57,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// First poll delay; doubled up to the poll interval. A deregistered target
 /// with no open connections is `unused` within a second or two.
 const FIRST_POLL: Duration = Duration::from_secs(1);
+/// The finest step around an expected moment: an API call, not a local read.
+const FINE_POLL: Duration = Duration::from_millis(200);
 
 /// An ELBv2 target group (and optionally its listener) for one inventory.
 pub struct ElbV2 {
@@ -79,6 +81,9 @@ pub struct ElbV2 {
     ssh: Option<Arc<dyn Transport>>,
     /// A host without `ss` has been warned about (once per run).
     warned_no_ss: AtomicBool,
+    /// Per target group: when a registered target is expected healthy
+    /// (its check interval × healthy threshold), read once per run.
+    to_healthy: Mutex<HashMap<String, Option<Duration>>>,
 }
 
 impl ElbV2 {
@@ -110,6 +115,7 @@ impl ElbV2 {
             ids: Mutex::new(HashMap::new()),
             ssh: None,
             warned_no_ss: AtomicBool::new(false),
+            to_healthy: Mutex::new(HashMap::new()),
         }
     }
 
@@ -154,6 +160,46 @@ impl ElbV2 {
 
     fn poll(&self) -> Backoff {
         Backoff::doubling(FIRST_POLL, self.poll_interval())
+    }
+
+    /// When a target registered now is expected `healthy`: its group's
+    /// `HealthCheckIntervalSeconds` × `HealthyThresholdCount` (ELBv2 marks
+    /// it healthy after that many passed checks). Read once per group; a
+    /// failed read is only a debug line (the wait then polls as usual).
+    pub async fn expected_healthy(&self, group: &str) -> Option<Duration> {
+        if let Some(known) = self.to_healthy.lock().unwrap().get(group) {
+            return *known;
+        }
+        let read = self
+            .clients()
+            .await
+            .elb
+            .describe_target_groups()
+            .target_group_arns(group)
+            .send()
+            .await;
+        let e = match read {
+            Ok(out) => out.target_groups().first().and_then(|tg| {
+                let interval = u64::try_from(tg.health_check_interval_seconds()?).ok()?;
+                let rise = u32::try_from(tg.healthy_threshold_count()?).ok()?;
+                Some(Duration::from_secs(interval) * rise)
+            }),
+            Err(e) => {
+                tracing::debug!(
+                    "{}",
+                    errors::sdk_error("DescribeTargetGroups", "target group", group, e).message
+                );
+                None
+            }
+        };
+        tracing::debug!(
+            "target group {}: a registered target is expected healthy after {}",
+            short_arn(group),
+            e.map(format_duration)
+                .unwrap_or_else(|| "an unknown time".into())
+        );
+        self.to_healthy.lock().unwrap().insert(group.to_string(), e);
+        e
     }
 
     /// How long a target may stay `unhealthy` before a wait gives up on it:
@@ -373,11 +419,21 @@ impl LoadBalancer for ElbV2 {
             lb: self,
             target: &t,
         };
+        let poll = match self.inv.lb.poll_interval {
+            // The user's interval, always.
+            Some(_) => self.poll(),
+            None => match self.expected_healthy(&t.group).await {
+                Some(e) => self
+                    .poll()
+                    .expecting(e, (e / 50).clamp(FINE_POLL, FIRST_POLL)),
+                None => self.poll(),
+            },
+        };
         wait_healthy(
             &source,
             &self.subject(&t),
             timeout,
-            self.poll(),
+            poll,
             self.unhealthy_grace(),
         )
         .await

@@ -168,6 +168,10 @@ impl Cloud {
             .vpc_id(&self.vpc)
             .target_type(elb::types::TargetTypeEnum::Instance)
             .health_check_path("/health")
+            // Checks every 7 s, healthy after 3: a registered target is
+            // expected healthy 21 s later (the waits poll around then).
+            .health_check_interval_seconds(7)
+            .healthy_threshold_count(3)
             .send()
             .await
             .unwrap()
