@@ -2,7 +2,7 @@
 # benches/plan_scale.sh — `rollscript plan` at fleet scale and `rollscript
 # check` speed (issue 8).
 #
-#   benches/plan_scale.sh                 10,000 instances, 60 s budget
+#   benches/plan_scale.sh                 100,000 instances, 60 s budget
 #   benches/plan_scale.sh --instances 2000 --budget 30
 #   benches/plan_scale.sh --no-profile    skip the perf profiles of misses
 #
@@ -13,8 +13,9 @@
 #    times (default 5): the median, min and max. A plan is killed (SIGKILL,
 #    by PID) after --budget seconds, its peak RSS so far read from /proc
 #    (VmHWM).
-#    Targets: < 1 s and < 100 MB.
-# 2. The same plan at other sizes (--series, default 1000,2500,5000) to show how
+#    Targets (issue 17): < 2 s and < 250 MB at 100,000 instances; below
+#    that size the first round's < 1 s and < 100 MB (at 10,000).
+# 2. The same plan at other sizes (--series, default 10000,25000,50000) to show how
 #    time grows with N (the exponent between consecutive sizes), for the
 #    HAProxy inventory and for the same inventory with lb.kind = "none"
 #    (which skips the capacity guard).
@@ -32,9 +33,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${ROLLSCRIPT_PLAN_BENCH_DIR:-/tmp/rollscript-plan-bench}
-N=10000
+N=100000
 BUDGET=60
-SERIES=1000,2500,5000
+SERIES=10000,25000,50000
 REPEAT=5
 PROFILE=1
 PROFILE_N=100
@@ -70,6 +71,7 @@ say() { printf 'plan_scale: %s\n' "$*" >&2; }
 [[ "$REPEAT" =~ ^[1-9][0-9]?$ ]] || die "--repeat: 1-99"
 [[ "$DIR" =~ ^/[A-Za-z0-9/._-]+$ ]] || die "ROLLSCRIPT_PLAN_BENCH_DIR: an absolute path of plain characters"
 PY=$(command -v python3) || die "python3 is needed"
+if [ "$N" -ge 100000 ]; then T_S=2; T_MB=250; else T_S=1; T_MB=100; fi
 
 if [ ! -x /usr/bin/time ]; then
     say "installing GNU time (apt-get install time)"
@@ -119,11 +121,12 @@ healthy_threshold = 2
 
 [lb]
 %sdrain_timeout = "120s"
-min_in_service = "50%%"
-''' % lb)
+min_in_service = "%s"
+''' % (lb, "50%" if n > 1 else "0"))
     for i in range(n):
+        # Every instance its own address (127.c.b.a, a in 1..254).
         f.write('\n[[instances]]\nname = "web-%d"\nhost = "127.%d.%d.%d"\n'
-                % (i + 1, 1 + (i >> 16) % 255, (i >> 8) & 255, 1 + (i & 255) % 254))
+                % (i + 1, 1 + i // (254 * 256), (i // 254) % 256, 1 + i % 254))
 EOF
 }
 
@@ -202,17 +205,17 @@ report() {
     local lines
     lines=$(wc -l <"$DIR/plan-haproxy-$N.out")
     PLAN_OK=0
-    if [ "$st" = ok ] && awk -v s="$secs" -v r="$rss" 'BEGIN { exit !(s < 1 && r < 100 * 1024) }'; then PLAN_OK=1; fi
+    if [ "$st" = ok ] && awk -v s="$secs" -v r="$rss" -v ts="$T_S" -v tm="$T_MB" 'BEGIN { exit !(s < ts && r < tm * 1024) }'; then PLAN_OK=1; fi
     echo "## plan of $N instances (scripts/rolling.rhai, lb.kind = haproxy)"
     echo
     echo "| what | result | target | verdict |"
     echo "|---|---|---|---|"
     if [ "$st" = ok ]; then
-        echo "| wall time, median of $REPEAT (min, max) | ${secs} s (${tmin}, ${tmax}; $lines lines of plan) | < 1 s | $(awk -v s="$secs" 'BEGIN { print (s < 1 ? "met" : "MISSED") }') |"
-        echo "| peak memory (largest max RSS of the $REPEAT) | $((rss / 1024)) MB | < 100 MB | $(awk -v r="$rss" 'BEGIN { print (r < 102400 ? "met" : "MISSED") }') |"
+        echo "| wall time, median of $REPEAT (min, max) | ${secs} s (${tmin}, ${tmax}; $lines lines of plan) | < $T_S s | $(awk -v s="$secs" -v ts="$T_S" 'BEGIN { print (s < ts ? "met" : "MISSED") }') |"
+        echo "| peak memory (largest max RSS of the $REPEAT) | $((rss / 1024)) MB | < $T_MB MB | $(awk -v r="$rss" -v tm="$T_MB" 'BEGIN { print (r < tm * 1024 ? "met" : "MISSED") }') |"
     else
-        echo "| wall time | did not finish: $st after ${secs} s (budget ${BUDGET} s) | < 1 s | MISSED |"
-        echo "| peak memory (max RSS) | $((rss / 1024)) MB when stopped (VmHWM) | < 100 MB | unknown (not finished) |"
+        echo "| wall time | did not finish: $st after ${secs} s (budget ${BUDGET} s) | < $T_S s | MISSED |"
+        echo "| peak memory (max RSS) | $((rss / 1024)) MB when stopped (VmHWM) | < $T_MB MB | unknown (not finished) |"
     fi
     echo
 

@@ -27,28 +27,31 @@ impl Estimate {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Step {
-    pub number: usize,
-    /// Nesting depth: 0 for top level, +1 inside each `parallel`.
-    pub depth: usize,
-    pub text: String,
-    pub estimate: Estimate,
+/// One line of the plan, compact (a plan of 100,000 instances holds
+/// 700,000 of them): its text lives in the recorder's one `arena` string.
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    kind: Kind,
+    /// Nesting depth: 0 for top level, +1 inside each shown `parallel`.
+    depth: u32,
+    /// `arena[at..at + len]`.
+    at: u32,
+    len: u32,
 }
 
-/// One line of the plan: a step, or a `parallel` group header.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Line {
-    Step(Step),
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// A numbered step and its bound (nanoseconds; 0 = none shown).
+    Step {
+        number: u32,
+        worst_ns: u64,
+    },
+    /// A `parallel` group header.
     Group {
-        depth: usize,
-        items: usize,
-        limit: usize,
+        items: u32,
+        limit: u32,
     },
-    Note {
-        depth: usize,
-        text: String,
-    },
+    Note,
 }
 
 enum Frame {
@@ -63,8 +66,30 @@ enum Frame {
 
 struct State {
     lines: Vec<Line>,
+    arena: String,
     stack: Vec<Frame>,
     steps: usize,
+}
+
+impl State {
+    fn line(&mut self, kind: Kind, depth: usize, text: &str) -> Line {
+        let at = self.arena.len() as u32;
+        self.arena.push_str(text);
+        Line {
+            kind,
+            depth: depth as u32,
+            at,
+            len: text.len() as u32,
+        }
+    }
+
+    fn text(&self, l: &Line) -> &str {
+        &self.arena[l.at as usize..(l.at + l.len) as usize]
+    }
+
+    fn is_note(&self, l: Option<&Line>, text: &str) -> bool {
+        l.is_some_and(|l| l.kind == Kind::Note && self.text(l) == text)
+    }
 }
 
 /// Collects steps during a dry run. `parallel` runs its items one after
@@ -85,6 +110,7 @@ impl Recorder {
         Self {
             state: Mutex::new(State {
                 lines: Vec::new(),
+                arena: String::new(),
                 stack: vec![Frame::Seq(Estimate::default())],
                 steps: 0,
             }),
@@ -98,29 +124,26 @@ impl Recorder {
             .count()
     }
 
-    pub fn step(&self, text: impl Into<String>, estimate: Estimate) {
+    pub fn step(&self, text: impl AsRef<str>, estimate: Estimate) {
         let mut st = self.state.lock().unwrap();
         st.steps += 1;
         let depth = Self::depth(&st);
-        let number = st.steps;
-        st.lines.push(Line::Step(Step {
-            number,
-            depth,
-            text: text.into(),
-            estimate,
-        }));
+        let kind = Kind::Step {
+            number: st.steps as u32,
+            worst_ns: estimate.worst.as_nanos().min(u64::MAX as u128) as u64,
+        };
+        let line = st.line(kind, depth, text.as_ref());
+        st.lines.push(line);
         if let Some(Frame::Seq(e)) = st.stack.last_mut() {
             e.add(estimate);
         }
     }
 
-    pub fn note(&self, text: impl Into<String>) {
+    pub fn note(&self, text: impl AsRef<str>) {
         let mut st = self.state.lock().unwrap();
         let depth = Self::depth(&st);
-        st.lines.push(Line::Note {
-            depth,
-            text: text.into(),
-        });
+        let line = st.line(Kind::Note, depth, text.as_ref());
+        st.lines.push(line);
     }
 
     /// A note where `rollscript pause` would hold: not in a later branch
@@ -131,30 +154,27 @@ impl Recorder {
         let beside = st.stack.iter().any(
             |f| matches!(f, Frame::Group { shown: true, branches, .. } if !branches.is_empty()),
         );
-        let again = matches!(st.lines.last(), Some(Line::Note { text: t, .. }) if t == text);
-        if beside || again {
+        if beside || st.is_note(st.lines.last(), text) {
             return;
         }
         // At the start of a batch's first branch: before the batch's header.
-        if let Some(&Line::Group { depth, .. }) = st.lines.last() {
+        if let Some(&Line {
+            kind: Kind::Group { .. },
+            depth,
+            ..
+        }) = st.lines.last()
+        {
             let at = st.lines.len() - 1;
-            let again = matches!(at.checked_sub(1).map(|i| &st.lines[i]), Some(Line::Note { text: t, .. }) if t == text);
-            if !again {
-                st.lines.insert(
-                    at,
-                    Line::Note {
-                        depth,
-                        text: text.into(),
-                    },
-                );
+            let before = at.checked_sub(1).map(|i| st.lines[i]);
+            if !st.is_note(before.as_ref(), text) {
+                let line = st.line(Kind::Note, depth as usize, text);
+                st.lines.insert(at, line);
             }
             return;
         }
         let depth = Self::depth(&st);
-        st.lines.push(Line::Note {
-            depth,
-            text: text.into(),
-        });
+        let line = st.line(Kind::Note, depth, text);
+        st.lines.push(line);
     }
 
     pub fn begin_group(&self, items: usize, limit: usize) {
@@ -162,11 +182,12 @@ impl Recorder {
         let depth = Self::depth(&st);
         let shown = items > 1 && limit > 1;
         if shown {
-            st.lines.push(Line::Group {
-                depth,
-                items,
-                limit,
-            });
+            let kind = Kind::Group {
+                items: items as u32,
+                limit: limit as u32,
+            };
+            let line = st.line(kind, depth, "");
+            st.lines.push(line);
         }
         st.stack.push(Frame::Group {
             limit: limit.max(1),
@@ -236,15 +257,8 @@ impl Recorder {
         }
     }
 
-    pub fn lines(&self) -> Vec<Line> {
-        self.state.lock().unwrap().lines.clone()
-    }
-
     pub fn total(&self) -> Estimate {
-        match self.state.lock().unwrap().stack.first() {
-            Some(Frame::Seq(e)) => *e,
-            _ => Estimate::default(),
-        }
+        recorder_total(&self.state.lock().unwrap())
     }
 
     pub fn step_count(&self) -> usize {
@@ -265,62 +279,71 @@ fn schedule(jobs: impl Iterator<Item = Duration>, lanes: usize) -> Duration {
 
 /// Renders the plan as `rollscript plan` prints it.
 pub fn render(header: &str, recorder: &Recorder, assumptions: &[String]) -> String {
-    let mut out = String::new();
-    out.push_str(header);
-    out.push('\n');
-    let lines = recorder.lines();
-    let width = recorder.step_count().to_string().len();
-    for line in &lines {
-        match line {
-            Line::Step(s) => {
+    let mut out = Vec::new();
+    write(&mut out, header, recorder, assumptions).expect("writing to memory");
+    String::from_utf8(out).expect("the plan is UTF-8")
+}
+
+/// Writes the plan to `out` line by line, from the recorder's own lines
+/// (a plan of 100,000 instances is 600,000 lines: neither copied nor
+/// rendered whole in memory first).
+pub fn write(
+    out: &mut impl std::io::Write,
+    header: &str,
+    recorder: &Recorder,
+    assumptions: &[String],
+) -> std::io::Result<()> {
+    writeln!(out, "{header}")?;
+    let st = recorder.state.lock().unwrap();
+    let width = st.steps.to_string().len();
+    let indent = |depth: usize| "   ".repeat(depth);
+    for line in &st.lines {
+        let indent = indent(line.depth as usize);
+        match line.kind {
+            Kind::Step { number, worst_ns } => {
+                let text = st.text(line);
+                write!(out, "{indent}{number:>width$}. {text}")?;
                 // Providers may state the bound themselves.
-                let bound = if s.estimate.worst > Duration::ZERO && !s.text.contains("(≤") {
-                    format!(" (≤ {})", format_duration(s.estimate.worst))
-                } else {
-                    String::new()
-                };
-                out.push_str(&format!(
-                    "{}{:>width$}. {}{}\n",
-                    "   ".repeat(s.depth),
-                    s.number,
-                    s.text,
-                    bound
-                ));
+                if worst_ns > 0 && !text.contains("(≤") {
+                    let worst = Duration::from_nanos(worst_ns);
+                    write!(out, " (≤ {})", format_duration(worst))?;
+                }
+                writeln!(out)?;
             }
-            Line::Group {
-                depth,
-                items,
-                limit,
-            } => out.push_str(&format!(
-                "{}{:>width$}  parallel: {items} item{}, up to {limit} at once\n",
-                "   ".repeat(*depth),
+            Kind::Group { items, limit } => writeln!(
+                out,
+                "{indent}{:>width$}  parallel: {items} item{}, up to {limit} at once",
                 "",
-                if *items == 1 { "" } else { "s" },
-            )),
-            Line::Note { depth, text } => out.push_str(&format!(
-                "{}{:>width$}  # {text}\n",
-                "   ".repeat(*depth),
-                ""
-            )),
+                if items == 1 { "" } else { "s" },
+            )?,
+            Kind::Note => writeln!(out, "{indent}{:>width$}  # {}", "", st.text(line))?,
         }
     }
-    if lines.is_empty() {
-        out.push_str("(no steps: the script changes nothing)\n");
+    if st.lines.is_empty() {
+        writeln!(out, "(no steps: the script changes nothing)")?;
     }
-    let total = recorder.total();
-    out.push_str(&format!(
-        "\n{} steps. Estimated duration: typical {}, worst case {}.\n",
-        recorder.step_count(),
+    let (steps, total) = (st.steps, recorder_total(&st));
+    drop(st);
+    writeln!(
+        out,
+        "\n{steps} steps. Estimated duration: typical {}, worst case {}.",
         format_duration_long(total.typical),
         format_duration_long(total.worst)
-    ));
+    )?;
     if !assumptions.is_empty() {
-        out.push_str("Assumptions:\n");
+        writeln!(out, "Assumptions:")?;
         for a in assumptions {
-            out.push_str(&format!("  - {a}\n"));
+            writeln!(out, "  - {a}")?;
         }
     }
-    out
+    Ok(())
+}
+
+fn recorder_total(st: &State) -> Estimate {
+    match st.stack.first() {
+        Some(Frame::Seq(e)) => *e,
+        _ => Estimate::default(),
+    }
 }
 
 /// `1h 02m 05s`, `4m 10s`, `12s`: totals read better in mixed units.

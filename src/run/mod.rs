@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::config::{Inventory, LbBackend};
 use crate::effects::Effects;
 use crate::engine::{Answers, Compiled, Diagnostic, Host, ScriptContext};
-use crate::plan::{render, Recorder};
+use crate::plan::Recorder;
 use crate::primitives::Providers;
 use crate::providers;
 use crate::state::{self, Identity, StateBackend};
@@ -322,14 +322,12 @@ async fn plan(opts: &RunOptions, run: &Prepared) -> Outcome {
         run.effects.lb_label(),
     );
     let rec = run.recorder.as_ref().expect("a plan records");
-    print!(
-        "{}",
-        render(
-            &header,
-            rec,
-            &assumptions(&run.inventory, run.effects.measured_drain())
-        )
-    );
+    let assumed = assumptions(&run.inventory, run.effects.measured_drain());
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    // A closed pipe (`plan | head`) is not the plan's failure.
+    let _ = crate::plan::write(&mut stdout, &header, rec, &assumed)
+        .and_then(|()| std::io::Write::flush(&mut stdout));
+    drop(stdout);
     run.effects.close().await;
     match result {
         Ok(_) => Outcome::Success,
