@@ -483,20 +483,29 @@ fn signal_during_a_drain(sig: i32) {
     });
     // A slow request held on web-1, so its drain has something to wait for
     // (30 s: long enough to outlast a slow start of the run on a busy machine).
-    // The load's own /slow requests last 200 ms: a session on web-1 a second
-    // old or more (HAProxy's `show sess`) is one of these.
+    // The load's own /slow requests last 200 ms — on a machine busy with
+    // the whole suite, a second or more: a session on web-1 three seconds
+    // old or more (HAProxy's `show sess`: age=3s, age=1m2s) is one of these.
     let lb = fleet.lb_addr();
+    let old_enough = |age: &str| {
+        !age.ends_with("ms")
+            && (age.contains(['m', 'h', 'd'])
+                || age
+                    .trim_end_matches('s')
+                    .parse::<u32>()
+                    .is_ok_and(|s| s >= 3))
+    };
     let held = || {
         fleet.haproxy().cmd("show sess").lines().any(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
             words.contains(&"srv=web-1")
                 && words
                     .iter()
-                    .any(|w| w.starts_with("age=") && *w != "age=0s")
+                    .any(|w| w.strip_prefix("age=").is_some_and(old_enough))
         })
     };
     let mut slow = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..16 {
         slow.push(std::thread::spawn(move || get(lb, "/slow?ms=30000")));
         std::thread::sleep(Duration::from_millis(1100));
         if held() {
