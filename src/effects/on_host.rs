@@ -14,7 +14,7 @@ use crate::primitives::{
 use crate::providers::http::retry;
 
 /// What one attempt on the host saw.
-pub(crate) enum Verdict {
+enum Verdict {
     Ok(String),
     Failed(String),
     /// Retrying cannot help (no curl on the host).
@@ -37,12 +37,7 @@ pub(crate) fn curl_cmd(probe: &HealthProbe) -> Cmd {
 }
 
 /// Reads curl's exit status and output as an attempt's outcome.
-pub(crate) fn curl_verdict(
-    probe: &HealthProbe,
-    status: i32,
-    stdout: &str,
-    stderr: &str,
-) -> Verdict {
+fn curl_verdict(probe: &HealthProbe, status: i32, stdout: &str, stderr: &str) -> Verdict {
     match status {
         0 => {}
         127 => {
@@ -122,13 +117,8 @@ impl Effects {
                     .command(cmd.to_shell())),
             }
         };
-        retry(probe, &what, &expect, attempt).await.map_err(|e| {
-            if e.host.is_none() {
-                e.host(&inst.name)
-            } else {
-                e
-            }
-        })
+        // The caller (`Effects::health`) names the instance on its errors.
+        retry(probe, &what, &expect, attempt).await
     }
 }
 
