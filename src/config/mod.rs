@@ -318,6 +318,11 @@ impl Inventory {
     /// The instance called `name`: a hash lookup, since every primitive call
     /// resolves its instance argument (six per instance in a rolling plan).
     pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.position(name).map(|i| &self.instances[i])
+    }
+
+    /// Where `name` is in `instances`.
+    pub fn position(&self, name: &str) -> Option<usize> {
         let index = self.index.get_or_init(|| {
             self.instances
                 .iter()
@@ -325,7 +330,7 @@ impl Inventory {
                 .map(|(i, inst)| (inst.name.clone(), i))
                 .collect()
         });
-        index.get(name).map(|&i| &self.instances[i])
+        index.get(name).copied()
     }
 
     /// The files a run needs that do not exist or cannot be read, as located

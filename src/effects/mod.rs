@@ -65,6 +65,12 @@ pub struct Effects {
     /// Swapped for a fresh token when compensation starts, so the cleanup
     /// after a first Ctrl-C can still wait; a second Ctrl-C cancels that one.
     cancel: RwLock<CancellationToken>,
+    /// The phase (`renew_cancel` counts them) and the last phase seen
+    /// cancelled: what [`Effects::seen_cancelled`] compares, two atomic
+    /// loads where the token costs a lock and a mutex (the script engine asks
+    /// on every operation).
+    phase: std::sync::atomic::AtomicU64,
+    cancelled_phase: std::sync::atomic::AtomicU64,
     journal: std::sync::OnceLock<Arc<Journal>>,
     /// Per-instance bookkeeping: out of service, touched, failed, timings.
     pub ledger: Ledger,
@@ -123,6 +129,8 @@ impl Effects {
             providers,
             recorder,
             cancel: RwLock::new(cancel),
+            phase: 0.into(),
+            cancelled_phase: u64::MAX.into(),
             journal: std::sync::OnceLock::new(),
             ledger,
             step_mode: std::sync::Mutex::new(StepMode::Off),
@@ -165,13 +173,32 @@ impl Effects {
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.read().unwrap().is_cancelled()
+        use std::sync::atomic::Ordering::SeqCst;
+        let token = self.cancel.read().unwrap();
+        let cancelled = token.is_cancelled();
+        if cancelled {
+            // Under the read lock: `renew_cancel` cannot start a phase between.
+            self.cancelled_phase.store(self.phase.load(SeqCst), SeqCst);
+        }
+        cancelled
+    }
+
+    /// Whether [`Effects::is_cancelled`] has seen this phase cancelled: a
+    /// cheap check for between script operations. Exact right after a
+    /// primitive (the script context asks `is_cancelled` when one returns),
+    /// so a script never runs its `catch` after an "interrupted"; else as
+    /// recent as the last `is_cancelled`.
+    pub fn seen_cancelled(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.cancelled_phase.load(SeqCst) == self.phase.load(SeqCst)
     }
 
     /// Starts a new phase with its own token (compensation after a cancel).
     pub fn renew_cancel(&self) -> CancellationToken {
         let fresh = CancellationToken::new();
-        *self.cancel.write().unwrap() = fresh.clone();
+        let mut token = self.cancel.write().unwrap();
+        self.phase.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *token = fresh.clone();
         fresh
     }
 

@@ -11,7 +11,7 @@ pub struct ApiFunction {
     /// Empty for primitives; the module name (`steps`) for stdlib functions.
     pub module: String,
     pub name: String,
-    /// e.g. `ssh(inst: Map, cmd: Dynamic) -> Map`
+    /// e.g. `ssh(inst: Instance, cmd: Dynamic) -> Map`
     pub signature: String,
     /// First line of the doc.
     pub summary: String,

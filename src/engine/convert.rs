@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rhai::{Array, Dynamic, EvalAltResult, Map, Position, INT};
 
-use crate::config::{parse_duration, CountOrPercent, Instance, Inventory};
+use crate::config::{parse_duration, CountOrPercent};
 use crate::primitives::{ActionError, Cmd, DrainReport, ErrorKind, ExecOutput, HealthReport};
 
 pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
@@ -85,51 +85,6 @@ pub fn invalid(message: impl Into<String>) -> Box<EvalAltResult> {
 fn opt_str(s: Option<&str>) -> Dynamic {
     s.map(|s| Dynamic::from(s.to_string()))
         .unwrap_or(Dynamic::UNIT)
-}
-
-pub fn instance_map(inv: &Inventory, i: &Instance) -> Map {
-    let mut m = Map::new();
-    m.insert("name".into(), i.name.clone().into());
-    m.insert("host".into(), i.host.clone().into());
-    m.insert("port".into(), (inv.traffic_port(i) as INT).into());
-    m.insert("id".into(), opt_str(i.id.as_deref()));
-    m.insert("pool".into(), opt_str(i.pool.as_deref()));
-    m.insert(
-        "weight".into(),
-        i.weight
-            .map(|w| Dynamic::from(w as INT))
-            .unwrap_or(Dynamic::UNIT),
-    );
-    m.insert("health_url".into(), inv.health_url(i).into());
-    m
-}
-
-/// An instance argument: a map from `instances()` or a name. Only instances
-/// of the inventory are accepted, so a script cannot aim at an arbitrary host.
-pub fn instance_arg(inv: &Inventory, v: &Dynamic) -> RhaiResult<Instance> {
-    let name = if let Some(m) = v.read_lock::<Map>() {
-        match m.get("name") {
-            Some(n) => n.to_string(),
-            None => {
-                return Err(invalid(
-                    "expected an instance (a map from instances() with a `name`)",
-                ))
-            }
-        }
-    } else if v.is_string() {
-        v.to_string()
-    } else {
-        return Err(invalid(format!(
-            "expected an instance (a map from instances() or a name), got {}",
-            v.type_name()
-        )));
-    };
-    inv.instance(&name).cloned().ok_or_else(|| {
-        invalid(format!(
-            "no instance named {name:?} in {}",
-            inv.path.display()
-        ))
-    })
 }
 
 /// A duration argument: `"1.5s"`, `"2m"` or an integer number of milliseconds.

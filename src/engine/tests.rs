@@ -266,3 +266,55 @@ fn sleep_with_a_number_is_ours_in_milliseconds_and_recorded_in_a_plan() {
     let f = Fixture::new(&[("main.rhai", "sleep(3600000); sleep(1.5); sleep(\"2h\");\n")]);
     assert!(f.run(&[], true).is_ok());
 }
+
+#[test]
+fn an_instance_reads_and_prints_like_the_map_it_replaced() {
+    let f = Fixture::new(&[(
+        "main.rhai",
+        r#"
+let fleet = instances();
+let a = fleet[0];
+let out = [
+    type_of(a), a.name, a.host, a.port, a.id, a.pool, a.weight, a.health_url,
+    a["name"], `${a}`, a.to_map().host, a == fleet[0], a != fleet[1],
+    fleet.map(|i| i.name), fleet.filter(|i| i.host == "127.0.0.2").len(),
+];
+// The other spellings of an instance still reach it.
+lb_state("web-2");
+lb_state(#{ name: "web-3" });
+let bad = "";
+try { let x = a["nope"]; } catch (e) { bad = e.message; }
+out.push(bad);
+out
+"#,
+    )]);
+    let got: Vec<String> = f
+        .run(&[], true)
+        .unwrap()
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "Instance",
+            "web-1",
+            "127.0.0.1",
+            "80",
+            "",
+            "",
+            "",
+            "http://127.0.0.1:80/health",
+            "web-1",
+            r#"#{"health_url": "http://127.0.0.1:80/health", "host": "127.0.0.1", "id": (), "name": "web-1", "pool": (), "port": 80, "weight": ()}"#,
+            "127.0.0.1",
+            "true",
+            "true",
+            r#"["web-1", "web-2", "web-3"]"#,
+            "1",
+            r#"an instance has no property "nope" (it has name, host, port, id, pool, weight, health_url)"#,
+        ]
+    );
+}

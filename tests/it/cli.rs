@@ -241,7 +241,7 @@ fn api_json_and_definitions_come_from_the_engine() {
     let out = rollscript().args(["api", "--json"]).output().unwrap();
     let fns: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let ssh = fns.iter().find(|f| f["name"] == "ssh").unwrap();
-    assert_eq!(ssh["signature"], "ssh(inst: Map, cmd: Dynamic) -> Map");
+    assert_eq!(ssh["signature"], "ssh(inst: Instance, cmd: Dynamic) -> Map");
     let dir = tempfile::tempdir().unwrap();
     let out = rollscript()
         .args(["api", "--definitions"])

@@ -78,20 +78,14 @@ fn step(line: &str) -> (&'static str, Option<String>) {
     (kind, inst)
 }
 
-#[test]
-fn the_custom_rolling_plan_lists_the_steps_in_the_documented_order() {
+/// `rollscript plan SCRIPT -i examples/haproxy.toml --var version=v2 EXTRA…`,
+/// which must succeed: its stdout.
+fn plan(script: &str, extra: &[&str]) -> String {
     let out = rollscript()
         .current_dir(repo())
-        .args([
-            "plan",
-            EXAMPLE,
-            "-i",
-            "examples/haproxy.toml",
-            "--var",
-            "version=v2",
-            "--var",
-            "notify_url=https://hooks.example.com/deploys",
-        ])
+        .args(["plan", script, "-i", "examples/haproxy.toml"])
+        .args(["--var", "version=v2"])
+        .args(extra)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -99,6 +93,15 @@ fn the_custom_rolling_plan_lists_the_steps_in_the_documented_order() {
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_custom_rolling_plan_lists_the_steps_in_the_documented_order() {
+    let stdout = plan(
+        EXAMPLE,
+        &["--var", "notify_url=https://hooks.example.com/deploys"],
     );
     let numbered: Vec<&str> = stdout
         .lines()
@@ -298,4 +301,53 @@ fn a_copy_of_rolling_with_a_smoke_test_keeps_batches_and_max_failures_on_a_real_
         4,
         "one smoke test per instance:\n{smoked}"
     );
+}
+
+/// scripts/rolling.rhai hooks `after_batch` only when there is somewhere to
+/// post: with `notify_url` every batch ends with its notification step, in
+/// the batch's own words; without one there is none.
+#[test]
+fn the_rolling_plan_notifies_after_each_batch_only_with_a_notify_url() {
+    let posts = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter(|l| l.contains("hooks.example.com"))
+            .map(|l| l.split_once(". ").map_or(l, |(_, t)| t).to_string())
+            .collect()
+    };
+    let rolling = "scripts/rolling.rhai";
+    let with = plan(
+        rolling,
+        &[
+            "--var",
+            "batch=2",
+            "--var",
+            "notify_url=https://hooks.example.com/deploys",
+        ],
+    );
+    let got = posts(&with);
+    assert_eq!(got.len(), 4, "start, 2 batches, done:\n{with}");
+    assert!(
+        got[1].contains("batch 1 of 2 done: 2 of 3 updated, 0 failed"),
+        "{with}"
+    );
+    assert!(
+        got[2].contains("batch 2 of 2 done: 3 of 3 updated, 0 failed"),
+        "{with}"
+    );
+    // The second batch's notification comes after its last instance is back.
+    let lines: Vec<&str> = with.lines().collect();
+    let last_up = lines
+        .iter()
+        .rposition(|l| l.contains("wait until UP"))
+        .unwrap();
+    let last_post = lines
+        .iter()
+        .rposition(|l| l.contains("batch 2 of 2 done"))
+        .unwrap();
+    assert!(last_post > last_up, "{with}");
+
+    let without = plan(rolling, &["--var", "batch=2"]);
+    assert_eq!(posts(&without), Vec::<String>::new(), "{without}");
+    assert!(without.contains("wait until UP"), "{without}");
 }

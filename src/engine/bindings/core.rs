@@ -7,9 +7,7 @@ use tracing::{info, warn};
 
 use super::func;
 use crate::engine::context::{Answers, ScriptContext};
-use crate::engine::convert::{
-    count_or_percent_arg, duration_arg, instance_map, invalid, throw, RhaiResult,
-};
+use crate::engine::convert::{count_or_percent_arg, duration_arg, invalid, throw, RhaiResult};
 use crate::primitives::sh_quote;
 
 pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
@@ -17,18 +15,18 @@ pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     func(
         "instances",
         &["Array"],
-        "All instances of the inventory, in order, as maps (without those found out of rotation before the run — parked by an operator — unless `--include-parked`):
-`#{name, host, port, id, pool, weight, health_url}`.
+        "All instances of the inventory, in order (without those found out of rotation before the run — parked by an operator — unless `--include-parked`). Each is an `Instance` with read-only properties `name`, `host`, `port`, `id`, `pool`, `weight`, `health_url` (also `inst[\"name\"]`); it prints as the map `#{name, host, port, id, pool, weight, health_url}` and `inst.to_map()` returns that map.
 Example: `for inst in instances() { info(inst.name); }`",
     )
     .register_into_engine(engine, move || -> Array {
         let inv = &c.effects.inventory;
         inv.instances
             .iter()
-            .filter(|i| c.only.as_ref().is_none_or(|only| only.contains(&i.name)))
+            .enumerate()
+            .filter(|(_, i)| c.only.as_ref().is_none_or(|only| only.contains(&i.name)))
             // Parked (out of rotation before the run): left as found.
-            .filter(|i| !c.effects.hidden(&i.name))
-            .map(|i| Dynamic::from(instance_map(inv, i)))
+            .filter(|(_, i)| !c.effects.hidden(&i.name))
+            .map(|(at, _)| Dynamic::from(crate::engine::instance::InstanceRef::new(inv, at)))
             .collect()
     });
 
@@ -167,7 +165,7 @@ Example: `if !confirm(\"promote canary?\") { throw \"stopped by operator\"; }`",
 Example: `for batch in chunks(instances(), \"25%\") { ... }`",
     )
     // `&mut`: the list is borrowed, not copied first (a fleet of 100,000
-    // instance maps would be copied twice, not once).
+    // instances would be copied twice, not once).
     .register_into_engine(engine, |items: &mut Array, size: Dynamic| -> RhaiResult<Array> {
         let size = count_or_percent_arg(&size)?.of_ceil(items.len()).max(1);
         Ok(items

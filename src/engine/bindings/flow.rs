@@ -24,7 +24,11 @@ Example: `parallel(batch, 5, |inst| deploy_one(inst));`",
             if limit < 1 {
                 return Err(invalid(format!("parallel: limit must be at least 1, got {limit}")));
             }
-            parallel(&c, &ctx, items, limit as usize, &f)
+            let out = parallel(&c, &ctx, items, limit as usize, &f);
+            // A branch may have stopped on a cancellation no primitive of
+            // this thread saw: the engine's cheap check must know of it.
+            c.effects.is_cancelled();
+            out
         },
     );
 
@@ -45,12 +49,12 @@ Example: `on_compensate(|inst| steps::rollback_one_checked(inst));`",
     let c = ctx.clone();
     func(
         "compensate",
-        &["inst: Map", "bool"],
+        &["inst: Instance", "bool"],
         "Compensates `inst` now, as the runtime does for every instance a failed run leaves out: the script's `on_compensate` step or `app.rollback` (if a command ran on it) and health, then back into the load balancer if healthy. Returns true when it is back in service (or was never out), false when it is left out (named in the log and the summary).
 Example: `if !compensate(inst) { warn(`${inst.name} left out`); }`",
     )
     .register_into_engine(engine, move |inst: Dynamic| -> RhaiResult<bool> {
-        let inst = crate::engine::convert::instance_arg(&c.effects.inventory, &inst)?;
+        let inst = crate::engine::instance::arg(&c.effects.inventory, &inst)?;
         Ok(c.effects.compensate_now(c.handle(), &inst.name))
     });
 

@@ -6,19 +6,19 @@ use rhai::{Dynamic, Engine, Map, INT};
 
 use super::func;
 use crate::engine::context::ScriptContext;
-use crate::engine::convert::{duration_arg, health_map, instance_arg, invalid, throw, RhaiResult};
+use crate::engine::convert::{duration_arg, health_map, invalid, throw, RhaiResult};
 
 pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     let c = ctx.clone();
     func(
         "health",
-        &["inst: Map", "Map"],
+        &["inst: Instance", "Map"],
         "Polls `inst`'s health URL per the inventory's `[health]` (from this machine; on the instance over ssh with `health.via = \"ssh\"` — curl against localhost — or `health.command`, whose exit status is the verdict) until `healthy_threshold` consecutive successes, or fails (kind `health_failed`) after `retries` attempts, listing what each attempt saw. Returns `#{url, healthy, duration, attempts}`.
 Example: `health(inst);`",
     )
     .register_into_engine(engine, move |inst: Dynamic| -> RhaiResult<Map> {
-        let inst = instance_arg(&c.effects.inventory, &inst)?;
-        let probe = c.effects.probe_for(&inst);
+        let inst = crate::engine::instance::arg(&c.effects.inventory, &inst)?;
+        let probe = c.effects.probe_for(inst);
         c.block_on(c.effects.health(&inst.name, &probe))
             .map(|r| health_map(&r))
             .map_err(throw)

@@ -15,6 +15,7 @@ use rhai::{Engine, FuncRegistration};
 use super::context::ScriptContext;
 
 pub fn register_all(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
+    crate::engine::instance::register(engine, &ctx.effects.inventory);
     core::register(engine, ctx);
     control::register(engine, ctx);
     flow::register(engine, ctx);

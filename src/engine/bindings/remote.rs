@@ -7,18 +7,18 @@ use rhai::{Array, Dynamic, Engine, Map};
 use super::func;
 use crate::effects::ExecOptions;
 use crate::engine::context::ScriptContext;
-use crate::engine::convert::{cmd_arg, exec_map, exec_options, instance_arg, throw, RhaiResult};
+use crate::engine::convert::{cmd_arg, exec_map, exec_options, throw, RhaiResult};
 
 pub fn register(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     const SSH_DOC: &str = "Runs `cmd` on `inst` over ssh (one multiplexed connection per host, reused for the whole run). `cmd` is a shell line, or an array whose every element is quoted (`[\"./deploy.sh\", version]`). Returns `#{status, stdout, stderr, duration}`. A non-zero exit fails with kind `command_failed` (host, command, status, last 20 lines of stderr) unless `#{check: false}`; `#{timeout: \"30s\"}` overrides `ssh.command_timeout`.
 Example: `ssh(inst, [\"./deploy.sh\", var(\"version\")]);`";
     let c = ctx.clone();
-    func("ssh", &["inst: Map", "cmd: Dynamic", "Map"], SSH_DOC).register_into_engine(
+    func("ssh", &["inst: Instance", "cmd: Dynamic", "Map"], SSH_DOC).register_into_engine(
         engine,
         move |inst: Dynamic, cmd: Dynamic| -> RhaiResult<Map> {
-            let inst = instance_arg(&c.effects.inventory, &inst)?;
+            let inst = crate::engine::instance::arg(&c.effects.inventory, &inst)?;
             let cmd = cmd_arg(&cmd)?;
-            c.block_on(c.effects.ssh(&inst, &cmd, ExecOptions::default()))
+            c.block_on(c.effects.ssh(inst, &cmd, ExecOptions::default()))
                 .map(|o| exec_map(&o))
                 .map_err(throw)
         },
@@ -26,16 +26,16 @@ Example: `ssh(inst, [\"./deploy.sh\", var(\"version\")]);`";
     let c = ctx.clone();
     func(
         "ssh",
-        &["inst: Map", "cmd: Dynamic", "options: Map", "Map"],
+        &["inst: Instance", "cmd: Dynamic", "options: Map", "Map"],
         SSH_DOC,
     )
     .register_into_engine(
         engine,
         move |inst: Dynamic, cmd: Dynamic, opts: Map| -> RhaiResult<Map> {
-            let inst = instance_arg(&c.effects.inventory, &inst)?;
+            let inst = crate::engine::instance::arg(&c.effects.inventory, &inst)?;
             let cmd = cmd_arg(&cmd)?;
             let opts = exec_options(&opts)?;
-            c.block_on(c.effects.ssh(&inst, &cmd, opts))
+            c.block_on(c.effects.ssh(inst, &cmd, opts))
                 .map(|o| exec_map(&o))
                 .map_err(throw)
         },
@@ -51,7 +51,7 @@ Example: `connect_ahead(groups[b + 1]);`",
     .register_into_engine(engine, move |insts: Array| -> RhaiResult<()> {
         let insts = insts
             .iter()
-            .map(|i| instance_arg(&c.effects.inventory, i))
+            .map(|i| crate::engine::instance::arg(&c.effects.inventory, i).cloned())
             .collect::<RhaiResult<Vec<_>>>()?;
         c.effects.connect_ahead(c.handle(), &insts);
         Ok(())
