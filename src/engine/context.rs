@@ -70,8 +70,8 @@ impl ScriptContext {
 
     /// Runs an async primitive from the script's blocking thread. The future is
     /// built by the caller inside this call, so nothing borrows across threads.
-    /// Notes a cancellation the primitive saw, for the engine's cheap
-    /// check between operations ([`crate::effects::Effects::seen_cancelled`]).
+    /// Afterwards it notes a cancellation the primitive saw, for the engine's
+    /// cheap check between operations ([`crate::effects::Effects::seen_cancelled`]).
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         let out = self.handle.block_on(fut);
         self.effects.is_cancelled();

@@ -46,21 +46,30 @@ impl InstanceRef {
     }
 }
 
+/// An instance's properties, in the order its map prints them.
+const FIELDS: [&str; 7] = ["health_url", "host", "id", "name", "pool", "port", "weight"];
+
+/// The property `key` (one of [`FIELDS`]) of `i`.
+fn value(inv: &Inventory, i: &Instance, key: &str) -> Dynamic {
+    let opt = |s: Option<&str>| s.map_or(Dynamic::UNIT, |s| s.to_string().into());
+    match key {
+        "name" => i.name.clone().into(),
+        "host" => i.host.clone().into(),
+        "port" => (inv.traffic_port(i) as INT).into(),
+        "id" => opt(i.id.as_deref()),
+        "pool" => opt(i.pool.as_deref()),
+        "weight" => i.weight.map_or(Dynamic::UNIT, |w| Dynamic::from(w as INT)),
+        "health_url" => inv.health_url(i).into(),
+        _ => Dynamic::UNIT,
+    }
+}
+
 /// The instance as the map scripts used to get (printing, `to_map`).
 pub fn to_map(inv: &Inventory, i: &Instance) -> Map {
-    let opt = |s: Option<&str>| s.map_or(Dynamic::UNIT, |s| s.to_string().into());
-    let mut m = Map::new();
-    m.insert("name".into(), i.name.clone().into());
-    m.insert("host".into(), i.host.clone().into());
-    m.insert("port".into(), (inv.traffic_port(i) as INT).into());
-    m.insert("id".into(), opt(i.id.as_deref()));
-    m.insert("pool".into(), opt(i.pool.as_deref()));
-    m.insert(
-        "weight".into(),
-        i.weight.map_or(Dynamic::UNIT, |w| Dynamic::from(w as INT)),
-    );
-    m.insert("health_url".into(), inv.health_url(i).into());
-    m
+    FIELDS
+        .iter()
+        .map(|&k| (k.into(), value(inv, i, k)))
+        .collect()
 }
 
 /// An instance argument: an `Instance` from `instances()`, a map with its
@@ -89,31 +98,28 @@ pub fn arg<'a>(inv: &'a Inventory, v: &Dynamic) -> RhaiResult<&'a Instance> {
             v.type_name()
         )));
     };
-    inv.instance(&name).ok_or_else(|| {
-        invalid(format!(
-            "no instance named {name:?} in {}",
-            inv.path.display()
-        ))
-    })
+    inv.instance(&name).ok_or_else(|| unknown(inv, &name))
 }
 
 /// The `Instance` type: its properties, indexer, printing and equality.
 pub fn register(engine: &mut Engine, inv: &std::sync::Arc<Inventory>) {
     engine.register_type_with_name::<InstanceRef>("Instance");
+    // `name` from the handle itself: the one property read on every step.
     engine.register_get("name", |h: &mut InstanceRef| h.name.clone());
-    for key in ["host", "port", "id", "pool", "weight", "health_url"] {
+    for key in FIELDS.into_iter().filter(|&k| k != "name") {
         let i = inv.clone();
-        engine.register_get(key, move |h: &mut InstanceRef| field(&i, h, key));
+        engine.register_get(key, move |h: &mut InstanceRef| {
+            Ok::<_, Box<rhai::EvalAltResult>>(value(&i, resolved(&i, h)?, key))
+        });
     }
     let i = inv.clone();
     engine.register_indexer_get(move |h: &mut InstanceRef, key: &str| -> RhaiResult<Dynamic> {
-        match key {
-            "name" => Ok(h.name.clone().into()),
-            "host" | "port" | "id" | "pool" | "weight" | "health_url" => field(&i, h, key),
-            other => Err(invalid(format!(
-                "an instance has no property {other:?} (it has name, host, port, id, pool, weight, health_url)"
-            ))),
+        if !FIELDS.contains(&key) {
+            return Err(invalid(format!(
+                "an instance has no property {key:?} (it has name, host, port, id, pool, weight, health_url)"
+            )));
         }
+        Ok(value(&i, resolved(&i, h)?, key))
     });
     let i = inv.clone();
     engine.register_fn("to_map", move |h: &mut InstanceRef| -> RhaiResult<Map> {
@@ -133,25 +139,12 @@ pub fn register(engine: &mut Engine, inv: &std::sync::Arc<Inventory>) {
 }
 
 fn resolved<'a>(inv: &'a Inventory, h: &InstanceRef) -> RhaiResult<&'a Instance> {
-    h.get(inv).ok_or_else(|| {
-        invalid(format!(
-            "no instance named {:?} in {}",
-            h.name.as_str(),
-            inv.path.display()
-        ))
-    })
+    h.get(inv).ok_or_else(|| unknown(inv, &h.name))
 }
 
-fn field(inv: &Inventory, h: &InstanceRef, key: &str) -> RhaiResult<Dynamic> {
-    let i = resolved(inv, h)?;
-    let opt = |s: Option<&str>| s.map_or(Dynamic::UNIT, |s| s.to_string().into());
-    Ok(match key {
-        "host" => i.host.clone().into(),
-        "port" => (inv.traffic_port(i) as INT).into(),
-        "id" => opt(i.id.as_deref()),
-        "pool" => opt(i.pool.as_deref()),
-        "weight" => i.weight.map_or(Dynamic::UNIT, |w| Dynamic::from(w as INT)),
-        "health_url" => inv.health_url(i).into(),
-        _ => Dynamic::UNIT,
-    })
+fn unknown(inv: &Inventory, name: &str) -> Box<rhai::EvalAltResult> {
+    invalid(format!(
+        "no instance named {name:?} in {}",
+        inv.path.display()
+    ))
 }

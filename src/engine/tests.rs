@@ -47,13 +47,23 @@ impl Fixture {
     /// Compiles and runs `main.rhai`; returns the rendered error, if any,
     /// with the temp dir replaced by `DIR`.
     fn run(&self, vars: &[(&str, &str)], dry_run: bool) -> Result<rhai::Dynamic, String> {
+        self.run_with(vars, dry_run, CancellationToken::new())
+    }
+
+    /// `run`, with the run's cancellation token (Ctrl-C) in the test's hands.
+    fn run_with(
+        &self,
+        vars: &[(&str, &str)],
+        dry_run: bool,
+        cancel: CancellationToken,
+    ) -> Result<rhai::Dynamic, String> {
         let inv = Arc::new(Inventory::parse(Path::new("inv.toml"), INVENTORY).unwrap());
         let _guard = self.runtime.enter();
         let effects = Arc::new(Effects::new(
             inv.clone(),
             crate::providers::build(&inv),
             dry_run.then(|| Arc::new(Recorder::new())),
-            CancellationToken::new(),
+            cancel,
         ));
         let vars: BTreeMap<String, String> = vars
             .iter()
@@ -317,4 +327,58 @@ out
             r#"an instance has no property "nope" (it has name, host, port, id, pool, weight, health_url)"#,
         ]
     );
+}
+
+/// Ctrl-C during a primitive inside `try`: the script stops; its `catch`
+/// (which would return the caught message) never runs.
+#[test]
+fn a_catch_block_never_runs_after_an_interrupt() {
+    let f = Fixture::new(&[(
+        "main.rhai",
+        "let caught = [];\ntry { sleep(30000); } catch (e) { caught.push(e.message); }\ncaught\n",
+    )]);
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        later.cancel();
+    });
+    let e = f.run_with(&[], false, cancel).unwrap_err();
+    canceller.join().unwrap();
+    assert!(e.contains("interrupted"), "{e}");
+}
+
+/// The engine's per-operation check reads two atomics: it must agree with
+/// the token once the token is read, and a new phase (compensation after a
+/// Ctrl-C) starts uncancelled.
+#[test]
+fn the_cheap_cancel_check_follows_the_token_and_each_phase() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let inv = Arc::new(Inventory::parse(Path::new("inv.toml"), INVENTORY).unwrap());
+    let token = CancellationToken::new();
+    let effects = Effects::new(
+        inv.clone(),
+        crate::providers::build(&inv),
+        None,
+        token.clone(),
+    );
+    assert!(!effects.seen_cancelled());
+    token.cancel();
+    assert!(
+        !effects.seen_cancelled(),
+        "not seen before the token is read"
+    );
+    assert!(effects.is_cancelled());
+    assert!(effects.seen_cancelled());
+    let fresh = effects.renew_cancel();
+    assert!(!effects.seen_cancelled(), "a new phase starts uncancelled");
+    assert!(!effects.is_cancelled());
+    assert!(
+        !effects.seen_cancelled(),
+        "the old token's cancel is not this phase's"
+    );
+    fresh.cancel();
+    assert!(effects.is_cancelled());
+    assert!(effects.seen_cancelled());
 }
