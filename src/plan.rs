@@ -296,28 +296,48 @@ pub fn write(
     writeln!(out, "{header}")?;
     let st = recorder.state.lock().unwrap();
     let width = st.steps.to_string().len();
-    let indent = |depth: usize| "   ".repeat(depth);
+    // Most steps share a few bounds: each is formatted once, not per line.
+    let mut bound = (0, String::new());
+    // One buffer for every line: 700,000 lines at 100,000 instances.
+    let mut buf = String::with_capacity(256);
     for line in &st.lines {
-        let indent = indent(line.depth as usize);
+        buf.clear();
+        for _ in 0..line.depth {
+            buf.push_str("   ");
+        }
         match line.kind {
             Kind::Step { number, worst_ns } => {
                 let text = st.text(line);
-                write!(out, "{indent}{number:>width$}. {text}")?;
+                push_right(&mut buf, number, width);
+                buf.push_str(". ");
+                buf.push_str(text);
                 // Providers may state the bound themselves.
                 if worst_ns > 0 && !text.contains("(≤") {
-                    let worst = Duration::from_nanos(worst_ns);
-                    write!(out, " (≤ {})", format_duration(worst))?;
+                    if bound.0 != worst_ns {
+                        bound = (worst_ns, format_duration(Duration::from_nanos(worst_ns)));
+                    }
+                    buf.push_str(" (≤ ");
+                    buf.push_str(&bound.1);
+                    buf.push(')');
                 }
-                writeln!(out)?;
             }
-            Kind::Group { items, limit } => writeln!(
-                out,
-                "{indent}{:>width$}  parallel: {items} item{}, up to {limit} at once",
-                "",
-                if items == 1 { "" } else { "s" },
-            )?,
-            Kind::Note => writeln!(out, "{indent}{:>width$}  # {}", "", st.text(line))?,
+            Kind::Group { items, limit } => {
+                use std::fmt::Write as _;
+                let _ = write!(
+                    buf,
+                    "{:>width$}  parallel: {items} item{}, up to {limit} at once",
+                    "",
+                    if items == 1 { "" } else { "s" },
+                );
+            }
+            Kind::Note => {
+                buf.extend(std::iter::repeat_n(' ', width));
+                buf.push_str("  # ");
+                buf.push_str(st.text(line));
+            }
         }
+        buf.push('\n');
+        out.write_all(buf.as_bytes())?;
     }
     if st.lines.is_empty() {
         writeln!(out, "(no steps: the script changes nothing)")?;
@@ -337,6 +357,24 @@ pub fn write(
         }
     }
     Ok(())
+}
+
+/// `n` right-aligned in `width` columns, without a formatter.
+fn push_right(buf: &mut String, n: u32, width: usize) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - at;
+    buf.extend(std::iter::repeat_n(' ', width.saturating_sub(len)));
+    buf.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 fn recorder_total(st: &State) -> Estimate {

@@ -40,9 +40,9 @@ impl Effects {
     pub async fn health(&self, who: &str, probe: &HealthProbe) -> ActionResult<HealthReport> {
         let worst = (probe.timeout + probe.interval) * probe.retries;
         let typical = probe.interval * probe.healthy_threshold.saturating_sub(1);
-        let inst = self.inventory.instance(who).cloned();
+        let is_instance = self.inventory.position(who).is_some();
         // Only an instance has a host to check on; `health_url` is HTTP.
-        let on_host = probe.on_host.clone().filter(|_| inst.is_some());
+        let on_host = probe.on_host.clone().filter(|_| is_instance);
         let what = match &on_host {
             None => format!("http GET {}", probe.url),
             Some(OnHost::Curl) => format!("ssh {who}: curl {}", probe.url),
@@ -62,7 +62,8 @@ impl Effects {
             probe.healthy_threshold,
             probe.retries
         );
-        if self.record(text.clone(), Estimate::new(typical, worst)) {
+        if self.is_dry_run() {
+            self.record(text, Estimate::new(typical, worst));
             return Ok(HealthReport {
                 url: probe.url.clone(),
                 attempts: vec![Attempt {
@@ -75,6 +76,7 @@ impl Effects {
             });
         }
         info!(instance = %who, step = "health", "{text}");
+        let inst = self.inventory.instance(who).cloned();
         let mut probe = probe.clone();
         if inst.is_some() {
             probe.ready_after = self.ready.expected();

@@ -164,7 +164,8 @@ impl Effects {
         }
         let lb = &self.providers.lb;
         let text = lb.describe(LbOp::Register, inst);
-        if self.record(text.clone(), Estimate::default()) {
+        if self.is_dry_run() {
+            self.record(text, Estimate::default());
             // A plan assumes the LB takes it back: it counts as serving again.
             self.ledger
                 .finish(&inst.name, "register", Duration::ZERO, None);

@@ -424,3 +424,46 @@ fn prometheus_query_reads_the_first_sample_of_an_instant_query() {
         "{request}"
     );
 }
+
+/// The strategies build the deploy command before the first instance: an
+/// inventory without `app.deploy` stops the plan with the reason and
+/// before any step (no drain of an instance that could not be deployed).
+#[test]
+fn a_missing_deploy_command_stops_every_strategy_before_any_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = std::fs::read_to_string(repo().join("examples/haproxy.toml")).unwrap();
+    let deploy = inv.lines().find(|l| l.starts_with("deploy ")).unwrap();
+    let path = dir.path().join("rollscript.toml");
+    std::fs::write(&path, inv.replace(&format!("{deploy}\n"), "")).unwrap();
+    for (script, vars) in [
+        ("scripts/rolling.rhai", &["version=v2"][..]),
+        ("scripts/canary.rhai", &["version=v2"][..]),
+        (
+            "scripts/migration.rhai",
+            &["version=v2", "compatible_ref=v1"][..],
+        ),
+        ("examples/custom_rolling.rhai", &["version=v2"][..]),
+    ] {
+        let mut cmd = rollscript();
+        cmd.current_dir(repo())
+            .args(["plan", script, "-i"])
+            .arg(&path);
+        for v in vars {
+            cmd.args(["--var", v]);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_ne!(out.status.code(), Some(0), "{script}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("the inventory has no app.deploy command"),
+            "{script}: {stderr}"
+        );
+        assert!(
+            !stdout.lines().any(|l| l.contains(": drain")),
+            "{script}: a step before the error:\n{stdout}"
+        );
+    }
+}

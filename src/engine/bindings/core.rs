@@ -37,7 +37,11 @@ Example: `for inst in instances() { info(inst.name); }`",
         "The inventory's settings: `app` (name, deploy, rollback, migrate), `health`, `lb` (kind, drain_timeout, min_in_service, pools) and `instance_count` (the instances themselves: `instances()`).
 Example: `let deploy = inventory().app.deploy;`",
     )
-    .register_into_engine(engine, move || -> Map { inventory_map(&c) });
+    .register_into_engine(engine, move || -> Map {
+        // Built once per run (the inventory does not change during one):
+        // scripts call this per instance (`steps::command_for`).
+        c.inventory_map.get_or_init(|| inventory_map(&c)).clone()
+    });
 
     let c = ctx.clone();
     func(

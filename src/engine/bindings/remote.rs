@@ -51,9 +51,13 @@ Example: `connect_ahead(groups[b + 1]);`",
     .register_into_engine(engine, move |insts: Array| -> RhaiResult<()> {
         let insts = insts
             .iter()
-            .map(|i| crate::engine::instance::arg(&c.effects.inventory, i).cloned())
+            .map(|i| crate::engine::instance::arg(&c.effects.inventory, i))
             .collect::<RhaiResult<Vec<_>>>()?;
-        c.effects.connect_ahead(c.handle(), &insts);
+        // Nothing to open in a plan: no copies of 100,000 instances.
+        if !c.effects.is_dry_run() {
+            let insts: Vec<_> = insts.into_iter().cloned().collect();
+            c.effects.connect_ahead(c.handle(), &insts);
+        }
         Ok(())
     });
 
