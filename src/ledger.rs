@@ -285,27 +285,31 @@ impl Ledger {
     }
 
     /// Changes `inst`'s entry (made if it has none; a name is copied only
-    /// then: a plan of 100,000 instances records 600,000 steps) with one
-    /// lookup, and mirrors a change of its `out` flag into the set.
+    /// then: a plan of 100,000 instances records 600,000 steps) under one
+    /// lock, and mirrors a change of its `out` flag into the set.
     fn update(&self, inst: &str, f: impl FnOnce(&mut Entry)) {
         let mut entries = self.entries.lock().unwrap();
         if !entries.contains_key(inst) {
             entries.insert(inst.to_string(), Entry::default());
         }
-        let entry = entries.get_mut(inst).expect("inserted above");
-        let was = entry.out;
-        f(entry);
-        let now = entry.out;
-        drop(entries);
-        self.mirror(inst, was, now);
+        self.change(entries, inst, f);
     }
 
     /// [`Ledger::update`] for an entry that exists; nothing otherwise.
     fn update_known(&self, inst: &str, f: impl FnOnce(&mut Entry)) {
-        let mut entries = self.entries.lock().unwrap();
-        let Some(entry) = entries.get_mut(inst) else {
-            return;
-        };
+        let entries = self.entries.lock().unwrap();
+        if entries.contains_key(inst) {
+            self.change(entries, inst, f);
+        }
+    }
+
+    fn change(
+        &self,
+        mut entries: std::sync::MutexGuard<'_, BTreeMap<String, Entry>>,
+        inst: &str,
+        f: impl FnOnce(&mut Entry),
+    ) {
+        let entry = entries.get_mut(inst).expect("looked up by the caller");
         let was = entry.out;
         f(entry);
         let now = entry.out;

@@ -299,6 +299,7 @@ pub fn write(
     // Most steps share a few bounds: each is formatted once, not per line.
     let mut bound = (0, String::new());
     // One buffer for every line: 700,000 lines at 100,000 instances.
+    use std::fmt::Write as _;
     let mut buf = String::with_capacity(256);
     for line in &st.lines {
         buf.clear();
@@ -308,8 +309,7 @@ pub fn write(
         match line.kind {
             Kind::Step { number, worst_ns } => {
                 let text = st.text(line);
-                push_right(&mut buf, number, width);
-                buf.push_str(". ");
+                let _ = write!(buf, "{number:>width$}. ");
                 buf.push_str(text);
                 // Providers may state the bound themselves.
                 if worst_ns > 0 && !text.contains("(≤") {
@@ -322,7 +322,6 @@ pub fn write(
                 }
             }
             Kind::Group { items, limit } => {
-                use std::fmt::Write as _;
                 let _ = write!(
                     buf,
                     "{:>width$}  parallel: {items} item{}, up to {limit} at once",
@@ -357,24 +356,6 @@ pub fn write(
         }
     }
     Ok(())
-}
-
-/// `n` right-aligned in `width` columns, without a formatter.
-fn push_right(buf: &mut String, n: u32, width: usize) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = digits.len() - at;
-    buf.extend(std::iter::repeat_n(' ', width.saturating_sub(len)));
-    buf.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 fn recorder_total(st: &State) -> Estimate {
